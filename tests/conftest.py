@@ -1,0 +1,174 @@
+"""Session fixtures that start real services on 127.0.0.1 and stop them afterwards.
+
+* ``ray_cluster`` - ``ray start --head`` (dashboard and job API included) in its own temp dir;
+  sets ``RAY_ADDRESS`` so entry points called in-process join it.
+* ``mlflow_server`` - ``mlflow server`` on a SQLite store with served artifacts.
+* ``s3_server`` - ``moto_server`` with a bucket; fake credentials are set for the whole session.
+
+Each is started only when a test asks for it. ``@pytest.mark.gpu`` tests are skipped where
+torch sees no CUDA device.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+# Tests must never reach a real cloud account or phone home.
+os.environ.update({
+    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+    "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+    # On Linux Ray replaces 127.0.0.1 by the host's routable address unless this is off; with it
+    # off the test cluster (one node) and its drivers stay on loopback.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], what: str, proc: subprocess.Popen, log: Path,
+               timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not come up in {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return r.status == 200
+
+
+def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a service in its own process group so that stop() also ends its children."""
+    with open(log, "wb") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+
+
+def stop(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@dataclass
+class RayCluster:
+    address: str  # GCS address for ray.init / RAY_ADDRESS
+    dashboard_url: str  # job API for `ray job submit --address`
+    temp_dir: Path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayt", dir="/tmp"))
+    port, dash = free_port(), free_port()
+    log = temp_dir / "head.log"
+    # `--block` keeps `ray start` in the foreground: stopping it stops exactly this cluster.
+    # Logical CPUs exceed the 2 real cores: train workers ask for fractions of a CPU, and Ray Data
+    # tasks must still find slots beside them, or a pipeline on 2 cores starves.
+    proc = start([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                  f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                  f"--num-cpus={max(4, os.cpu_count() or 1)}", "--num-gpus=0",
+                  f"--temp-dir={temp_dir}", "--disable-usage-stats"], log)
+    address, dashboard_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
+    wait_until(lambda: http_ok(f"{dashboard_url}/api/version"), "ray head", proc, log, timeout=180)
+    old = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = address
+    try:
+        yield RayCluster(address, dashboard_url, temp_dir)
+    finally:
+        import ray
+
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = old
+        stop(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = root / "server.log"
+    proc = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                  "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                  "--artifacts-destination", (root / "artifacts").as_uri(), "--workers", "1"], log)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_ok(f"{url}/health"), "mlflow server", proc, log, timeout=180)
+    try:
+        yield url
+    finally:
+        stop(proc)
+
+
+@dataclass
+class S3Server:
+    endpoint_url: str
+    bucket: str
+
+    def storage_options(self) -> dict:
+        """fsspec/s3fs options for this server."""
+        return {"client_kwargs": {"endpoint_url": self.endpoint_url}}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    root = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    log = root / "moto.log"
+    proc = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_ok(f"{url}/moto-api/"), "moto_server", proc, log, timeout=60)
+    import boto3
+
+    boto3.client("s3", endpoint_url=url).create_bucket(Bucket="cost-test")
+    try:
+        yield S3Server(url, "cost-test")
+    finally:
+        stop(proc)
