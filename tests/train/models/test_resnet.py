@@ -1,0 +1,118 @@
+"""The video ResNet trunk: parameter counts from the formula, shapes, model API, frozen BN."""
+
+import time
+
+import pytest
+import torch
+
+from train.models import ARCHS, TEMPORAL, build_model
+
+ARCH_NAMES = list(ARCHS)
+TINY = dict(blocks=(1, 1, 1, 1), width=8)
+
+
+def count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def units(depth):
+    """(stage, index, in_channels, planes, marked) for every residual unit of the ResNet."""
+    blocks = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
+    in_ch = 64
+    for stage, n in enumerate(blocks):
+        planes = 64 * 2**stage
+        for i in range(n):
+            yield stage, i, in_ch, planes, TEMPORAL[depth][stage][i]
+            in_ch = 4 * planes
+
+
+def resnet2d_params(depth: int, num_classes: int) -> int:
+    """The 2D ResNet trunk + a num_classes-way fc, from the layer shapes."""
+    total = 3 * 64 * 7 * 7 + 2 * 64  # conv1, bn1
+    for _, i, in_ch, p, _ in units(depth):
+        total += in_ch * p + 9 * p * p + p * 4 * p  # 1x1, 3x3, 1x1
+        total += 2 * (p + p + 4 * p)  # three BN
+        if i == 0:
+            total += in_ch * 4 * p + 2 * 4 * p  # projection shortcut + BN
+    return total + 2048 * num_classes + num_classes
+
+
+@pytest.mark.parametrize("depth", [50, 101])
+def test_parameter_counts_match_the_formula(depth):
+    base = resnet2d_params(depth, 400)
+    marked = [u for u in units(depth) if u[4]]
+    expected = {
+        "c2d": base,
+        "c3d": base + sum(2 * in_ch * p for _, _, in_ch, p, _ in marked),  # 1x1 -> 3x1x1
+        "cost_a": base + sum(3 * p for *_, p, _ in marked),
+        "cost_b": base + sum(p * p + 9 for *_, p, _ in marked),
+    }
+    for arch, n in expected.items():
+        assert count(build_model(arch, depth=depth, num_classes=400)) == n, arch
+    if depth == 50:
+        assert round(base / 1e6, 2) == 24.33
+
+
+def test_temporal_table_marks_the_right_units():
+    model = build_model("cost_a", depth=50, num_classes=10)
+    marks = tuple(tuple(int(type(b.conv2).__name__ == "CoST") for b in getattr(model, f"layer{s}"))
+                  for s in range(1, 5))
+    assert marks == ((0, 1, 0), (1, 0, 1, 0), (1, 0, 1, 0, 1, 0), (1, 0, 1))
+    c3d = build_model("c3d", depth=50, num_classes=10)
+    assert [b.conv1.kernel_size for b in c3d.layer1] == [(1, 1, 1), (3, 1, 1), (1, 1, 1)]
+    with pytest.raises(ValueError, match="does not match blocks"):
+        build_model("c3d", blocks=(1, 1, 1, 1), temporal=((1,), (1,), (1,), (1, 0)))
+    with pytest.raises(ValueError, match="unknown arch 'i3d'"):
+        build_model("i3d")
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_resnet50_forward_backward_on_cpu(arch):
+    model = build_model(arch, depth=50, num_classes=7)
+    x = torch.randn(2, 3, 8, 112, 112)
+    out = model(x)
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_tiny_model_is_fast_and_follows_the_model_api(arch):
+    model = build_model(arch, num_classes=5, **TINY)
+    x = torch.randn(2, 3, 8, 64, 64)
+    model(x).sum().backward()  # warm-up
+    start = time.perf_counter()
+    model(x).sum().backward()
+    assert time.perf_counter() - start < 1.0
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 256, 4, 2, 2)  # T halved by pool2; 32x spatial stride
+    assert model.forward_head(feats, pre_logits=True).shape == (2, 256)
+    model.reset_classifier(11)
+    assert model(x).shape == (2, 11)
+
+
+def test_pool_settings():
+    x = torch.randn(1, 3, 8, 32, 32)
+    assert build_model("c2d", num_classes=2, pool2=False, **TINY).forward_features(x).shape[2] == 8
+    assert build_model("c2d", num_classes=2, pool1_t=1, **TINY).maxpool.kernel_size == (1, 3, 3)
+
+
+def test_frozen_batchnorm_keeps_statistics_and_stays_frozen():
+    model = build_model("cost_b", num_classes=3, frozen_bn=True, **TINY)
+    model.train()
+    bn = model.layer1[0].bn1
+    before = bn.running_mean.clone()
+    model(torch.randn(2, 3, 4, 32, 32) + 5.0).sum().backward()
+    assert not bn.training and torch.equal(bn.running_mean, before)
+    assert bn.weight.grad is None and not bn.weight.requires_grad
+    assert model.layer1[0].conv1.weight.grad is not None
+    free = build_model("c2d", num_classes=3, **TINY).train()
+    free(torch.randn(2, 3, 4, 32, 32) + 5.0)
+    assert not torch.equal(free.layer1[0].bn1.running_mean, before)
+
+
+def test_cost_layers_expose_view_coefficients():
+    model = build_model("cost_b", num_classes=3, **TINY)
+    model(torch.randn(2, 3, 4, 32, 32))
+    coeffs = {name: layer.coefficients() for name, layer in model.cost_layers().items()}
+    assert len(coeffs) == 4 and all(c.shape[0] == 2 and c.shape[2] == 3 for c in coeffs.values())

@@ -1,0 +1,135 @@
+"""The CoST operation (Li et al., CVPR 2019, section 3.3): one 3x3 kernel over three views.
+
+Given x of shape (N, C_in, T, H, W) and a kernel w of shape (C_out, C_in, 3, 3), the three views
+are 3D convolutions (eq. 1)
+
+    x_hw = x * w_{1x3x3},   x_tw = x * w_{3x1x3},   x_th = x * w_{3x3x1}
+
+where w_{...} is w with a singleton axis inserted at kernel position 0, 1 or 2 (padding 1 on
+the non-singleton axes, spatial stride s as the residual unit requires). They are summed with
+per-output-channel coefficients softmax-normalised over the views (eq. 2)
+
+    y[:, c] = a_hw[c] x_hw[:, c] + a_tw[c] x_tw[:, c] + a_th[c] x_th[:, c].
+
+Axis mapping (locked by tests/train/models/test_cost.py): for kernel tap w[:, :, i, j]
+    H-W view: (dt, dh, dw) = (0, i, j)     - i runs along H, j along W
+    T-W view: (dt, dh, dw) = (i, 0, j)     - i runs along T, j along W
+    T-H view: (dt, dh, dw) = (i, j, 0)     - i runs along T, j along H
+i.e. ``w.unsqueeze(2)``, ``w.unsqueeze(3)``, ``w.unsqueeze(4)``: the kernel's first axis is T
+in both temporal views.
+
+CoST(a) learns the coefficients as free parameters (C_out, 3). CoST(b) predicts them per sample
+(eq. 3, Fig. 5): global max pool of each view -> one shared C->C linear map (no bias) ->
+stacked (N, C, 3) -> a 3->3 linear map over views (no bias) -> softmax over views.
+
+Formulations: ``views`` runs three 3D convolutions. For CoST(a) ``composed`` folds the
+coefficients into one 3x3x3 kernel (19 non-zero taps, the 8 corners zero) and runs one 3D
+convolution - the same linear map, with a third of the convolution calls.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VIEWS = ("hw", "tw", "th")
+# Kernel-axis insertion point and padding for each view of a (C_out, C_in, 3, 3) kernel.
+_UNSQUEEZE = {"hw": 2, "tw": 3, "th": 4}
+_PADDING = {"hw": (0, 1, 1), "tw": (1, 0, 1), "th": (1, 1, 0)}
+
+
+def view_kernel(w: torch.Tensor, view: str) -> torch.Tensor:
+    """(C_out, C_in, 3, 3) -> the 3D kernel of one view, e.g. (C_out, C_in, 3, 1, 3) for 'tw'."""
+    return w.unsqueeze(_UNSQUEEZE[view])
+
+
+def compose_kernel(weights: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """One (C_out, C_in, 3, 3, 3) kernel equal to the alpha-weighted sum of the three views.
+
+    ``weights`` is (3, C_out, C_in, 3, 3) (one kernel per view, the same one when shared),
+    ``alpha`` is (C_out, 3). Each view fills one central plane of the cube; the planes meet on
+    the central axes, so 19 taps are non-zero and the 8 corners stay zero.
+    """
+    a = alpha.to(weights.dtype)[:, :, None, None, None]  # (C_out, 3, 1, 1, 1)
+    out = weights.new_zeros(*weights.shape[1:3], 3, 3, 3)
+    out[:, :, 1, :, :] += a[:, 0] * weights[0]  # H-W plane: dt = 0
+    out[:, :, :, 1, :] += a[:, 1] * weights[1]  # T-W plane: dh = 0
+    out[:, :, :, :, 1] += a[:, 2] * weights[2]  # T-H plane: dw = 0
+    return out
+
+
+class CoST(nn.Module):
+    """Collaborative spatiotemporal convolution with coefficients learned (``mode='a'``) or
+    predicted per sample (``mode='b'``). ``shared=False`` gives each view its own 3x3 kernel
+    (the paper's ablation, Table 3)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1,
+                 mode: Literal["a", "b"] = "a", shared: bool = True,
+                 impl: Literal["auto", "views", "composed"] = "auto") -> None:
+        super().__init__()
+        if mode not in ("a", "b"):
+            raise ValueError(f"CoST mode must be 'a' or 'b', got {mode!r}")
+        if impl not in ("auto", "views", "composed"):
+            raise ValueError(f"CoST impl must be 'auto', 'views' or 'composed', got {impl!r}")
+        if mode == "b" and impl == "composed":
+            raise ValueError("CoST(b) needs each view's output for its coefficients: impl='composed' "
+                             "is for CoST(a) only")
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.mode, self.shared = mode, shared
+        self.impl = ("composed" if mode == "a" else "views") if impl == "auto" else impl
+        shape = (out_channels, in_channels, 3, 3) if shared else (3, out_channels, in_channels, 3, 3)
+        self.weight = nn.Parameter(torch.empty(shape))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        if mode == "a":
+            # H-W dominant at the start: softmax(0.7, -0.7, -0.7) = (0.67, 0.17, 0.17).
+            self.alpha_logits = nn.Parameter(torch.tensor([0.7, -0.7, -0.7]).repeat(out_channels, 1))
+        else:
+            self.channel_fc = nn.Linear(out_channels, out_channels, bias=False)
+            self.view_fc = nn.Linear(3, 3, bias=False)
+            nn.init.normal_(self.channel_fc.weight, std=0.01)
+            nn.init.normal_(self.view_fc.weight, std=0.01)
+        self.last_alpha: torch.Tensor | None = None
+
+    def view_weights(self) -> torch.Tensor:
+        """(3, C_out, C_in, 3, 3): the kernel of each view (three references to one when shared)."""
+        return self.weight.expand(3, *self.weight.shape) if self.shared else self.weight
+
+    def views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The three view outputs x_hw, x_tw, x_th, each (N, C_out, T, H/s, W/s)."""
+        w = self.view_weights()
+        stride = (1, self.stride, self.stride)
+        return [F.conv3d(x, view_kernel(w[i], v), stride=stride, padding=_PADDING[v])
+                for i, v in enumerate(VIEWS)]
+
+    def predict_alpha(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """CoST(b)'s coefficient branch: (N, C_out, 3), softmax over the last axis."""
+        pooled = torch.stack([v.amax(dim=(2, 3, 4)) for v in views], dim=1)  # (N, 3, C)
+        mixed = self.channel_fc(pooled).transpose(1, 2)  # (N, C, 3), shared over views
+        return torch.softmax(self.view_fc(mixed), dim=-1)  # over views, per channel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C_in, T, H, W)
+        if self.mode == "a":
+            alpha = torch.softmax(self.alpha_logits, dim=-1)  # (C_out, 3)
+            if self.impl == "composed":
+                kernel = compose_kernel(self.view_weights(), alpha)
+                return F.conv3d(x, kernel, stride=(1, self.stride, self.stride), padding=1)
+            views = self.views(x)
+            return sum(alpha[:, i, None, None, None] * v for i, v in enumerate(views))
+        views = self.views(x)
+        alpha = self.predict_alpha(views)  # (N, C_out, 3)
+        self.last_alpha = alpha.detach()
+        return sum(alpha[:, :, i, None, None, None] * v for i, v in enumerate(views))  # (N, C_out, T, H', W')
+
+    def coefficients(self) -> torch.Tensor | None:
+        """CoST(a): (C_out, 3) softmaxed parameters. CoST(b): (N, C_out, 3) of the last batch
+        (None before any forward). Columns are the H-W, T-W, T-H views."""
+        if self.mode == "a":
+            return torch.softmax(self.alpha_logits.detach(), dim=-1)
+        return self.last_alpha
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, stride={self.stride}, mode={self.mode!r}, "
+                f"shared={self.shared}, impl={self.impl!r}")

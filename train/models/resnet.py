@@ -1,0 +1,193 @@
+"""One video ResNet trunk (paper Table 1) with a swappable temporal convolution per residual unit.
+
+    model = build_model("cost_b", depth=50, num_classes=400)
+    logits = model(clips)  # clips (N, 3, T, H, W) -> (N, num_classes)
+
+Architectures (paper section 3): ``c2d`` (every unit 1x1, 1x3x3, 1x1), ``c3d`` (marked units
+inflate the first 1x1 to 3x1x1), ``cost_a`` / ``cost_b`` (marked units replace the middle 3x3
+by the CoST operation). Which units are marked is a per-stage table of 0/1; the defaults are
+the published ones. Parameter and module names follow torchvision's 2D ResNet, so ImageNet
+weights map onto the trunk key by key (see ``pretrained.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from train.models.cost import CoST
+
+Unit = Literal["2d", "c3d", "cost_a", "cost_b"]
+STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+TEMPORAL = {
+    50: ((0, 1, 0), (1, 0, 1, 0), (1, 0, 1, 0, 1, 0), (1, 0, 1)),
+    101: ((0, 1, 0), (1, 0, 1, 0), (1, 0) * 11 + (1,), (0, 1, 0)),
+}
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, *, stride: int, unit: Unit,
+                 cost_shared: bool = True) -> None:
+        super().__init__()
+        out_channels = planes * self.expansion
+        t = 3 if unit == "c3d" else 1
+        self.conv1 = nn.Conv3d(in_channels, planes, (t, 1, 1), padding=(t // 2, 0, 0), bias=False)
+        self.bn1 = nn.BatchNorm3d(planes)
+        if unit in ("cost_a", "cost_b"):
+            self.conv2: nn.Module = CoST(planes, planes, stride=stride, mode=unit[-1], shared=cost_shared)
+        else:
+            self.conv2 = nn.Conv3d(planes, planes, (1, 3, 3), stride=(1, stride, stride),
+                                   padding=(0, 1, 1), bias=False)
+        self.bn2 = nn.BatchNorm3d(planes)
+        self.conv3 = nn.Conv3d(planes, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm3d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv3d(in_channels, out_channels, 1, stride=(1, stride, stride), bias=False),
+                nn.BatchNorm3d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class VideoResNet(nn.Module):
+    """conv1 1x7x7 /(1,2,2) - pool1 max (pool1_t)x3x3 /(1,2,2) - res2 - [pool2 max 3x1x1 /2] -
+    res3 - res4 - res5 - global average pool - dropout - fc."""
+
+    def __init__(self, *, unit: Unit, num_classes: int, blocks: Sequence[int],
+                 temporal: Sequence[Sequence[int]], width: int = 64, pool1_t: int = 3,
+                 pool2: bool = True, dropout: float = 0.5, cost_shared: bool = True,
+                 frozen_bn: bool = False) -> None:
+        super().__init__()
+        if len(blocks) != 4 or [len(s) for s in temporal] != list(blocks):
+            raise ValueError(f"temporal table {tuple(map(tuple, temporal))} does not match blocks "
+                             f"{tuple(blocks)}: one 0/1 per residual unit, per stage")
+        if pool1_t not in (1, 3):
+            raise ValueError(f"pool1_t must be 1 or 3, got {pool1_t}")
+        self.unit, self.temporal = unit, tuple(tuple(s) for s in temporal)
+        self.conv1 = nn.Conv3d(3, width, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False)
+        self.bn1 = nn.BatchNorm3d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d((pool1_t, 3, 3), stride=(1, 2, 2), padding=(pool1_t // 2, 1, 1))
+        self.pool2 = nn.MaxPool3d((3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0)) if pool2 else nn.Identity()
+        in_channels = width
+        for stage, (n, marks) in enumerate(zip(blocks, self.temporal, strict=True)):
+            planes = width * 2**stage
+            units = []
+            for i in range(n):
+                kind = unit if marks[i] else "2d"
+                stride = 2 if stage > 0 and i == 0 else 1
+                units.append(Bottleneck(in_channels, planes, stride=stride, unit=kind,
+                                        cost_shared=cost_shared))
+                in_channels = planes * Bottleneck.expansion
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*units))
+        self.num_features = in_channels
+        self.avgpool = nn.AdaptiveAvgPool3d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_channels, num_classes)
+        self._init_weights()
+        self.frozen_bn = False
+        if frozen_bn:
+            self.freeze_batchnorm()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, T, H, W)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, T, H/4, W/4)
+        x = self.pool2(self.layer1(x))  # (N, 4w, T/2, H/4, W/4)
+        x = self.layer2(x)  # (N, 8w, T/2, H/8, W/8)
+        x = self.layer3(x)  # (N, 16w, T/2, H/16, W/16)
+        return self.layer4(x)  # (N, 32w, T/2, H/32, W/32)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.avgpool(x).flatten(1)  # (N, 32w)
+        return x if pre_logits else self.fc(self.dropout(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))  # (N, num_classes)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes).to(self.fc.weight.device)
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def cost_layers(self) -> dict[str, CoST]:
+        return {name: m for name, m in self.named_modules() if isinstance(m, CoST)}
+
+    def freeze_batchnorm(self) -> None:
+        """Use running statistics and stop learning BN affine parameters (paper: 32-frame
+        fine-tuning). Stays frozen across ``train()`` calls."""
+        self.frozen_bn = True
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                for p in m.parameters():
+                    p.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> VideoResNet:
+        super().train(mode)
+        if self.frozen_bn:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm3d):
+                    m.eval()
+        return self
+
+
+def _trunk(unit: Unit, *, depth: int = 50, num_classes: int = 400, blocks: Sequence[int] | None = None,
+           temporal: Sequence[Sequence[int]] | None = None, **kwargs) -> VideoResNet:
+    """``blocks`` overrides ``depth`` (small CPU models); a custom ``blocks`` without a table marks
+    every unit temporal."""
+    if blocks is None:
+        if depth not in STAGE_BLOCKS:
+            raise ValueError(f"depth must be one of {sorted(STAGE_BLOCKS)} (or give blocks=...), got {depth}")
+        blocks = STAGE_BLOCKS[depth]
+        temporal = TEMPORAL[depth] if temporal is None else temporal
+    elif temporal is None:
+        temporal = tuple((1,) * n for n in blocks)
+    return VideoResNet(unit=unit, num_classes=num_classes, blocks=blocks, temporal=temporal, **kwargs)
+
+
+def c2d(**kwargs) -> VideoResNet:
+    return _trunk("2d", **kwargs)
+
+
+def c3d(**kwargs) -> VideoResNet:
+    return _trunk("c3d", **kwargs)
+
+
+def cost_a(**kwargs) -> VideoResNet:
+    return _trunk("cost_a", **kwargs)
+
+
+def cost_b(**kwargs) -> VideoResNet:
+    return _trunk("cost_b", **kwargs)
+
+
+ARCHS: dict[str, Callable[..., VideoResNet]] = {"c2d": c2d, "c3d": c3d, "cost_a": cost_a, "cost_b": cost_b}
+
+
+def build_model(arch: str, *, depth: int = 50, num_classes: int = 400, **kwargs) -> VideoResNet:
+    """``arch`` in ARCHS; keyword settings: blocks, temporal, width, pool1_t, pool2, dropout,
+    cost_shared, frozen_bn."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    return ARCHS[arch](depth=depth, num_classes=num_classes, **kwargs)
