@@ -32,14 +32,15 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_channels: int, planes: int, *, stride: int, unit: Unit,
-                 cost_shared: bool = True) -> None:
+                 cost_shared: bool = True, cost_impl: str = "auto") -> None:
         super().__init__()
         out_channels = planes * self.expansion
         t = 3 if unit == "c3d" else 1
         self.conv1 = nn.Conv3d(in_channels, planes, (t, 1, 1), padding=(t // 2, 0, 0), bias=False)
         self.bn1 = nn.BatchNorm3d(planes)
         if unit in ("cost_a", "cost_b"):
-            self.conv2: nn.Module = CoST(planes, planes, stride=stride, mode=unit[-1], shared=cost_shared)
+            self.conv2: nn.Module = CoST(planes, planes, stride=stride, mode=unit[-1], shared=cost_shared,
+                                         impl=cost_impl)
         else:
             self.conv2 = nn.Conv3d(planes, planes, (1, 3, 3), stride=(1, stride, stride),
                                    padding=(0, 1, 1), bias=False)
@@ -68,7 +69,7 @@ class VideoResNet(nn.Module):
     def __init__(self, *, unit: Unit, num_classes: int, blocks: Sequence[int],
                  temporal: Sequence[Sequence[int]], width: int = 64, pool1_t: int = 3,
                  pool2: bool = True, dropout: float = 0.5, cost_shared: bool = True,
-                 frozen_bn: bool = False) -> None:
+                 cost_impl: str = "auto", frozen_bn: bool = False) -> None:
         super().__init__()
         if len(blocks) != 4 or [len(s) for s in temporal] != list(blocks):
             raise ValueError(f"temporal table {tuple(map(tuple, temporal))} does not match blocks "
@@ -89,7 +90,7 @@ class VideoResNet(nn.Module):
                 kind = unit if marks[i] else "2d"
                 stride = 2 if stage > 0 and i == 0 else 1
                 units.append(Bottleneck(in_channels, planes, stride=stride, unit=kind,
-                                        cost_shared=cost_shared))
+                                        cost_shared=cost_shared, cost_impl=cost_impl))
                 in_channels = planes * Bottleneck.expansion
             self.add_module(f"layer{stage + 1}", nn.Sequential(*units))
         self.num_features = in_channels
@@ -187,7 +188,7 @@ ARCHS: dict[str, Callable[..., VideoResNet]] = {"c2d": c2d, "c3d": c3d, "cost_a"
 
 def build_model(arch: str, *, depth: int = 50, num_classes: int = 400, **kwargs) -> VideoResNet:
     """``arch`` in ARCHS; keyword settings: blocks, temporal, width, pool1_t, pool2, dropout,
-    cost_shared, frozen_bn."""
+    cost_shared, cost_impl ('auto', 'views', 'composed'), frozen_bn."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     return ARCHS[arch](depth=depth, num_classes=num_classes, **kwargs)

@@ -138,3 +138,22 @@ def test_cost_b_rejects_composed_and_modes_are_checked():
         CoST(4, 4, mode="b", impl="composed")
     with pytest.raises(ValueError, match="mode"):
         CoST(4, 4, mode="c")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["a", "b"])
+def test_cuda_bf16_formulations_agree(mode):
+    """On the GPU, 'auto' (composed for CoST(a)) matches the three-view reference, with gradients."""
+    ref = CoST(16, 16, mode=mode, impl="views").cuda()
+    fast = CoST(16, 16, mode=mode, impl="auto").cuda()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 16, 4, 14, 14, device="cuda")
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # exact fp32 comparison
+        y1, y2 = ref(x1), fast(x2)
+        y1.square().sum().backward()
+        y2.square().sum().backward()
+    torch.testing.assert_close(y2, y1, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-3, rtol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        torch.testing.assert_close(fast(x).float(), ref(x).float(), atol=0.1, rtol=0.05)
