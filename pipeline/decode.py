@@ -1,0 +1,225 @@
+"""Decode one video into resized JPEG frames, and do it in a child process that may crash.
+
+    video = encode_video("clip.mp4", frame_step=1, short_side=320, quality=90)
+    with IsolatedDecoder(timeout=120) as dec:
+        video = dec.encode_video("clip.mp4", frame_step=1, short_side=320, quality=90)
+
+``encode_video`` decodes with decord from a file path (never from bytes in memory: truncated
+bytes can crash decord), keeps every ``frame_step``-th frame, scales so that the short side is
+``short_side`` (never up: a smaller video keeps its size) and JPEG-encodes each frame.
+
+A video that cannot be used raises ``DecodeError`` whose ``reason`` is one of REASONS. Every
+announced frame must decode: decord's frame count can be wrong on broken files, and a video cut
+short is quarantined as ``truncated`` rather than stored in part. ``IsolatedDecoder`` runs the
+work in a reusable child process, so a decoder segfault (``crash``) or hang (``timeout``) costs
+that one video and the next one gets a fresh child.
+
+Fault injection for tests: with ``COST_DECODE_FAULT=segv:TEXT`` (or ``hang:TEXT``) in the
+environment, the child process really segfaults (or sleeps) on paths containing TEXT.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+REASONS = ("missing", "zero_bytes", "not_video", "no_frames", "truncated", "bad_frames", "crash", "timeout")
+CHUNK = 32  # frames decoded per decord call: bounds memory for long videos
+
+
+class DecodeError(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class EncodedVideo:
+    jpegs: list[bytes]  # one JPEG per kept frame
+    indices: list[int]  # source frame index of each kept frame
+    fps: float
+    num_frames: int  # frames in the source video
+    height: int  # of the stored frames
+    width: int
+    source_height: int
+    source_width: int
+
+
+def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(H, W) with the short side at ``short_side``, aspect kept; never larger than the input."""
+    short = min(height, width)
+    if short <= short_side:
+        return height, width
+    scale = short_side / short
+    return (short_side, max(1, round(width * scale))) if height <= width else \
+        (max(1, round(height * scale)), short_side)
+
+
+def _open(path: str, **size: int) -> Any:
+    import decord
+
+    try:
+        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **size)
+    except Exception as e:  # decord raises RuntimeError or its own DECORDError
+        text = str(e).split("\n")[0][-300:]
+        if "cannot find video stream" in text:
+            raise DecodeError("no_frames", f"no video stream ({text})") from e
+        if _looks_like_container(path):
+            raise DecodeError("truncated",
+                              f"a video container whose index or frame data is cut ({text})") from e
+        raise DecodeError("not_video", f"decord cannot open it ({text})") from e
+
+
+def _looks_like_container(path: str) -> bool:
+    """An MP4/MOV (``ftyp`` box) or Matroska/WebM (EBML magic) header."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3"
+
+
+Frames = tuple[np.ndarray, list[int], float, int, tuple[int, int]]
+
+
+def decode_frames(path: str, *, frame_step: int = 1, short_side: int = 320) -> Frames:
+    """(frames (T, H, W, 3) uint8, source indices, fps, source frame count, source (H, W))."""
+    if frame_step < 1:
+        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
+    if not os.path.isfile(path):
+        raise DecodeError("missing", f"no file at {path}")
+    if os.path.getsize(path) == 0:
+        raise DecodeError("zero_bytes", "the file is empty")
+    vr = _open(path)
+    num = len(vr)
+    if num == 0:
+        raise DecodeError("no_frames", "the video stream holds no frames")
+    fps = float(vr.get_avg_fps())
+    try:
+        first = vr[0].asnumpy()
+    except Exception as e:
+        raise DecodeError("truncated", f"frame 0 of {num} does not decode ({str(e)[-200:]})") from e
+    if first.ndim != 3 or first.shape[2] != 3:
+        raise DecodeError("bad_frames", f"decord returned frames of shape {first.shape}, not (H, W, 3)")
+    src = first.shape[:2]
+    out_h, out_w = scaled_size(*src, short_side)
+    if (out_h, out_w) != src:
+        del vr
+        vr = _open(path, height=out_h, width=out_w)
+    indices = list(range(0, num, frame_step))
+    chunks = []
+    for start in range(0, len(indices), CHUNK):
+        batch = indices[start:start + CHUNK]
+        try:
+            chunks.append(vr.get_batch(batch).asnumpy())
+        except Exception as e:
+            raise DecodeError("truncated", f"frames {batch[0]}..{batch[-1]} of {num} announced do not decode "
+                                           f"({str(e).split(chr(10))[0][-200:]})") from e
+    frames = np.concatenate(chunks)
+    if frames.shape[1:] != (out_h, out_w, 3):
+        raise DecodeError("bad_frames", f"decoded frames have shape {frames.shape[1:]}, expected "
+                                        f"{(out_h, out_w, 3)}")
+    return frames, indices, fps, num, src
+
+
+def encode_video(path: str, *, frame_step: int = 1, short_side: int = 320, quality: int = 90) -> EncodedVideo:
+    import simplejpeg
+
+    frames, indices, fps, num, (src_h, src_w) = decode_frames(path, frame_step=frame_step,
+                                                              short_side=short_side)
+    jpegs = [simplejpeg.encode_jpeg(np.ascontiguousarray(f), quality=quality, colorspace="RGB")
+             for f in frames]
+    return EncodedVideo(jpegs, indices, fps, num, frames.shape[1], frames.shape[2], src_h, src_w)
+
+
+def _serve(conn: Any) -> None:
+    """Child process loop: receive (path, kwargs), send ('ok', EncodedVideo) or ('error', reason, detail)."""
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        path, kwargs = request
+        _inject_fault(path)
+        try:
+            conn.send(("ok", encode_video(path, **kwargs)))
+        except DecodeError as e:
+            conn.send(("error", e.reason, e.detail))
+        except Exception as e:  # an unforeseen decoder failure is still this video's problem
+            conn.send(("error", "not_video", f"{type(e).__name__}: {str(e)[-300:]}"))
+
+
+def _inject_fault(path: str) -> None:
+    kind, _, text = os.environ.get("COST_DECODE_FAULT", "").partition(":")
+    if text and text in path:
+        if kind == "segv":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif kind == "hang":
+            import time
+
+            time.sleep(3600)
+
+
+class IsolatedDecoder:
+    """``encode_video`` in a reusable child process with a per-video timeout."""
+
+    def __init__(self, timeout: float = 300.0) -> None:
+        self.timeout = timeout
+        self._ctx = mp.get_context("spawn")  # no inherited threads or decoder state
+        self._proc: Any = None
+        self._conn: Any = None
+
+    def _start(self) -> None:
+        self._conn, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=_serve, args=(child,), daemon=True)
+        self._proc.start()
+        child.close()
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join()
+            self._conn.close()
+        self._proc = self._conn = None
+
+    def encode_video(self, path: str, **kwargs: Any) -> EncodedVideo:
+        if self._proc is None or not self._proc.is_alive():
+            self._start()
+        try:
+            self._conn.send((path, kwargs))
+            ready = self._conn.poll(self.timeout)
+            reply = self._conn.recv() if ready else None
+        except (EOFError, OSError, BrokenPipeError):
+            self._proc.join(5)
+            code = self._proc.exitcode
+            self._kill()
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            raise DecodeError("crash", f"the decoder process died ({how})") from None
+        if reply is None:
+            self._kill()
+            raise DecodeError("timeout", f"no result within {self.timeout:.0f}s")
+        if reply[0] == "error":
+            raise DecodeError(reply[1], reply[2])
+        return reply[1]
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+            self._proc.join(5)
+        self._kill()
+
+    def __enter__(self) -> IsolatedDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

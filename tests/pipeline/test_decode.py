@@ -1,0 +1,77 @@
+"""Decoding: frames match a direct decord decode, broken files get their reason, crashes are contained."""
+
+import numpy as np
+import pytest
+import simplejpeg
+
+from pipeline.decode import DecodeError, IsolatedDecoder, encode_video, scaled_size
+from pipeline.synthetic import SyntheticSpec, generate, motion_video, write_video
+
+decord = pytest.importorskip("decord")
+
+
+def test_scaled_size_keeps_aspect_and_never_upsamples():
+    assert scaled_size(240, 320, 128) == (128, 171)
+    assert scaled_size(640, 360, 320) == (569, 320)
+    assert scaled_size(100, 160, 320) == (100, 160)
+
+
+@pytest.mark.parametrize("frame_step", [1, 3])
+def test_frames_match_a_direct_decord_decode(tmp_path, frame_step):
+    path = tmp_path / "v.mp4"
+    write_video(path, motion_video(0, False, np.random.default_rng(1), 96, 128, 20), fps=12)
+    video = encode_video(str(path), frame_step=frame_step, short_side=64, quality=90)
+    assert video.indices == list(range(0, 20, frame_step)) and video.num_frames == 20
+    assert (video.height, video.width, video.source_height, video.source_width) == (64, 85, 96, 128)
+    assert video.fps == pytest.approx(12.0)
+    direct = decord.VideoReader(str(path), width=85, height=64).get_batch(video.indices).asnumpy()
+    stored = np.stack([simplejpeg.decode_jpeg(j) for j in video.jpegs])
+    assert stored.shape == direct.shape == (len(video.indices), 64, 85, 3)
+    diff = np.abs(stored.astype(int) - direct.astype(int))
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) < 16  # JPEG tolerance at quality 90
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    root = tmp_path_factory.mktemp("broken")
+    generate(SyntheticSpec(classes=2, videos_per_class=1, val_videos_per_class=0, height=32, width=40,
+                           frames=16, broken=True, splits=("train",)), root)
+    import json
+
+    meta = json.loads((root / "synthetic.json").read_text())
+    good = sorted((root / "train").glob("*.mp4"))
+    bad = {b["broken"]: str(root / b["path"]) for b in meta["broken"]}
+    return [str(p) for p in good if str(p) not in bad.values()], bad
+
+
+def test_each_broken_file_gets_its_reason(broken):
+    good, bad = broken
+    with IsolatedDecoder(timeout=60) as dec:
+        for kind, path in bad.items():
+            with pytest.raises(DecodeError) as err:
+                dec.encode_video(path, short_side=320)
+            assert err.value.reason == kind, (kind, str(err.value))
+        assert len(dec.encode_video(good[0]).jpegs) == 16  # the same child still works
+
+
+def test_a_crashing_or_hanging_decoder_costs_one_video(broken, monkeypatch):
+    good, _ = broken
+    monkeypatch.setenv("COST_DECODE_FAULT", f"segv:{good[0][-12:]}")
+    with IsolatedDecoder(timeout=60) as dec:
+        with pytest.raises(DecodeError, match=r"crash: the decoder process died \(signal 11\)"):
+            dec.encode_video(good[0])
+        assert len(dec.encode_video(good[1]).jpegs) == 16  # a fresh child took over
+    monkeypatch.setenv("COST_DECODE_FAULT", f"hang:{good[0][-12:]}")
+    with IsolatedDecoder(timeout=3) as dec:
+        with pytest.raises(DecodeError, match="timeout"):
+            dec.encode_video(good[0])
+        assert len(dec.encode_video(good[1]).jpegs) == 16
+
+
+def test_mp4_cut_before_its_index_is_truncated_not_garbage(tmp_path):
+    path = tmp_path / "cut.mp4"
+    write_video(path, motion_video(1, False, np.random.default_rng(2), 32, 40, 12), fps=8)  # moov at the end
+    path.write_bytes(path.read_bytes()[:-200])
+    with IsolatedDecoder(timeout=60) as dec, pytest.raises(DecodeError) as err:
+        dec.encode_video(str(path))
+    assert err.value.reason == "truncated"
