@@ -16,7 +16,8 @@ Axis mapping (locked by tests/train/models/test_cost.py): for kernel tap w[:, :,
     T-W view: (dt, dh, dw) = (i, 0, j)     - i runs along T, j along W
     T-H view: (dt, dh, dw) = (i, j, 0)     - i runs along T, j along H
 i.e. ``w.unsqueeze(2)``, ``w.unsqueeze(3)``, ``w.unsqueeze(4)``: the kernel's first axis is T
-in both temporal views.
+in both temporal views - the paper's "insert a dimension of size 1 at different indices", and
+the convention of the authors' published code.
 
 CoST(a) learns the coefficients as free parameters (C_out, 3). CoST(b) predicts them per sample
 (eq. 3, Fig. 5): global max pool of each view -> one shared C->C linear map (no bias) ->
