@@ -1,0 +1,58 @@
+"""Store rows: one per (video, phase), every frame exactly once, atomic shards, local and S3."""
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.store import SCHEMA, phase_rows, read_shard, rows_to_table, write_shard
+
+
+def video_rows(n_frames=20, num_phases=8, video_id="train/v"):
+    indices = list(range(0, 2 * n_frames, 2))  # frame_step 2
+    jpegs = [f"jpeg-{i}".encode() for i in indices]
+    return phase_rows(video_id=video_id, label=3, label_name="abseiling", split="train", source="/d/v.mp4",
+                      fps=25.0, num_frames=2 * n_frames, height=320, width=426, indices=indices, jpegs=jpegs,
+                      num_phases=num_phases)
+
+
+def test_each_phase_row_holds_one_stride_of_frames():
+    rows = video_rows()
+    assert [r["phase"] for r in rows] == list(range(8))
+    assert rows[1]["frame_index"] == [2, 18, 34] and rows[1]["frames"] == [b"jpeg-2", b"jpeg-18", b"jpeg-34"]
+    everything = sorted(i for r in rows for i in r["frame_index"])
+    assert everything == list(range(0, 40, 2))  # every stored frame exactly once
+    assert all(r["video_id"] == "train/v" and r["label"] == 3 and r["num_phases"] == 8 for r in rows)
+    assert len(video_rows(n_frames=3)) == 3  # a short video has as many rows as frames
+    with pytest.raises(ValueError, match="num_phases"):
+        video_rows(num_phases=0)
+
+
+def test_shard_round_trip_is_atomic_and_leaves_no_temp_files(tmp_path):
+    table = rows_to_table(video_rows() + video_rows(video_id="train/w"))
+    url = str(tmp_path / "train" / "shard-00000.parquet")
+    size = write_shard(table, url)
+    assert size == (tmp_path / "train" / "shard-00000.parquet").stat().st_size
+    assert [p.name for p in (tmp_path / "train").iterdir()] == ["shard-00000.parquet"]
+    back = read_shard(url)
+    assert back.schema.equals(SCHEMA) and back.to_pylist() == table.to_pylist()
+    group = pq.ParquetFile(url).metadata.row_group(0)
+    codecs = {group.column(i).path_in_schema.split(".")[0]: group.column(i).compression
+              for i in range(group.num_columns)}
+    assert codecs["frames"] == "UNCOMPRESSED" and codecs["video_id"] == "ZSTD"  # JPEGs are compressed already
+
+
+def test_rejected_table_leaves_the_old_shard_intact(tmp_path):
+    url = str(tmp_path / "shard.parquet")
+    write_shard(rows_to_table(video_rows()), url)
+    before = (tmp_path / "shard.parquet").read_bytes()
+    bad = rows_to_table(video_rows()).drop_columns(["frames"])
+    with pytest.raises(ValueError, match="does not match the store schema"):
+        write_shard(bad.append_column("frames", bad.column("label")), url)
+    assert (tmp_path / "shard.parquet").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["shard.parquet"]
+
+
+def test_shard_on_s3(s3_server):
+    url = f"s3://{s3_server.bucket}/store/train/shard-00000.parquet"
+    table = rows_to_table(video_rows())
+    write_shard(table, url, s3_server.storage_options())
+    assert read_shard(url, s3_server.storage_options(), columns=["video_id", "phase"]).num_rows == 8
