@@ -36,7 +36,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,7 @@ class SyntheticSpec:
     frames: int = 32
     seed: int = 0
     broken: bool = False
-    splits: tuple[str, ...] = field(default=SPLITS)
+    splits: tuple[str, ...] = SPLITS
 
     def validate(self) -> None:
         if self.kind not in ("motion", "appearance"):
@@ -144,11 +144,10 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     x0 = np.clip(xs.astype(int), 0, coarse.shape[1] - 2)
     fy = (ys - y0)[:, None, None]
     fx = (xs - x0)[None, :, None]
-    c = coarse
-    top = c[y0][:, x0] * (1 - fx) + c[y0][:, x0 + 1] * fx
-    bottom = c[y0 + 1][:, x0] * (1 - fx) + c[y0 + 1][:, x0 + 1] * fx
-    field_ = top * (1 - fy) + bottom * fy
-    return field_ + rng.normal(0, 6, size=(h, w, 1)).astype(np.float32)
+    top = coarse[y0][:, x0] * (1 - fx) + coarse[y0][:, x0 + 1] * fx
+    bottom = coarse[y0 + 1][:, x0] * (1 - fx) + coarse[y0 + 1][:, x0 + 1] * fx
+    smooth = top * (1 - fy) + bottom * fy
+    return smooth + rng.normal(0, 6, size=(h, w, 1)).astype(np.float32)
 
 
 @dataclass
