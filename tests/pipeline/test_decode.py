@@ -75,3 +75,12 @@ def test_mp4_cut_before_its_index_is_truncated_not_garbage(tmp_path):
     with IsolatedDecoder(timeout=60) as dec, pytest.raises(DecodeError) as err:
         dec.encode_video(str(path))
     assert err.value.reason == "truncated"
+
+
+def test_decord_width_48_quirk_is_quarantined_not_stored(tmp_path):
+    """decord 0.6.0 hands back 4-channel frames for 48-pixel-wide videos; that must not reach the store."""
+    path = tmp_path / "w48.mp4"
+    write_video(path, motion_video(0, False, np.random.default_rng(4), 32, 48, 6), fps=8)
+    with pytest.raises(DecodeError) as err:
+        encode_video(str(path))
+    assert err.value.reason == "bad_frames" and "(32, 48, 4)" in err.value.detail
