@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 # The GPU machine runs this from a bare checkout (no project install): import from the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train.models import ARCHS, CoST, build_model, compose_kernel  # noqa: E402
+from train.models import ARCHS, CoST, build_model, compose_kernel, mix_views  # noqa: E402
 
 
 def timed(step: Callable[[], None], iters: int, warmup: int, device: str) -> float:
@@ -90,8 +90,7 @@ def layer_table(args: argparse.Namespace) -> None:
         w = cost_b.view_weights()
         cube = torch.cat([compose_kernel(w, one_hot[v].expand(c, 3)) for v in range(3)])
         views = list(F.conv3d(x, cube, padding=1).chunk(3, dim=1))
-        alpha = cost_b.predict_alpha(views)
-        return sum(alpha[:, :, i, None, None, None] * v for i, v in enumerate(views))
+        return mix_views(views, cost_b.predict_alpha(views))
 
     options = {
         "C2D 1x3x3 conv": lambda: F.conv3d(x, w2d, padding=(0, 1, 1)),

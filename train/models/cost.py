@@ -66,6 +66,11 @@ def compose_kernel(weights: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def mix_views(views: list[torch.Tensor], alpha: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: sum over views of alpha[..., v] * x_v; alpha is (C_out, 3) or per sample (N, C_out, 3)."""
+    return sum(alpha[..., i, None, None, None] * v for i, v in enumerate(views))
+
+
 class CoST(nn.Module):
     """Collaborative spatiotemporal convolution with coefficients learned (``mode='a'``) or
     predicted per sample (``mode='b'``). ``shared=False`` gives each view its own 3x3 kernel
@@ -121,12 +126,11 @@ class CoST(nn.Module):
             if self.impl == "composed" or (self.impl == "auto" and x.is_cuda):
                 kernel = compose_kernel(self.view_weights(), alpha)
                 return F.conv3d(x, kernel, stride=(1, self.stride, self.stride), padding=1)
-            views = self.views(x)
-            return sum(alpha[:, i, None, None, None] * v for i, v in enumerate(views))
+            return mix_views(self.views(x), alpha)
         views = self.views(x)
         alpha = self.predict_alpha(views)  # (N, C_out, 3)
         self.last_alpha = alpha.detach()
-        return sum(alpha[:, :, i, None, None, None] * v for i, v in enumerate(views))  # (N, C_out, T, H', W')
+        return mix_views(views, alpha)  # (N, C_out, T, H', W')
 
     def coefficients(self) -> torch.Tensor | None:
         """CoST(a): (C_out, 3) softmaxed parameters. CoST(b): (N, C_out, 3) of the last batch
