@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,18 +39,6 @@ class DecodeError(Exception):
         self.reason, self.detail = reason, detail
 
 
-@dataclass
-class EncodedVideo:
-    jpegs: list[bytes]  # one JPEG per kept frame
-    indices: list[int]  # source frame index of each kept frame
-    fps: float
-    num_frames: int  # frames in the source video
-    height: int  # of the stored frames
-    width: int
-    source_height: int
-    source_width: int
-
-
 def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     """(H, W) with the short side at ``short_side``, aspect kept; never larger than the input."""
     short = min(height, width)
@@ -60,13 +49,18 @@ def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
         (max(1, round(height * scale)), short_side)
 
 
+def _first_line(e: Exception, limit: int = 300) -> str:
+    """decord's message without its stack trace, trimmed."""
+    return str(e).split("\n")[0][-limit:]
+
+
 def _open(path: str, **size: int) -> Any:
     import decord
 
     try:
         return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **size)
     except Exception as e:  # decord raises RuntimeError or its own DECORDError
-        text = str(e).split("\n")[0][-300:]
+        text = _first_line(e)
         if "cannot find video stream" in text:
             raise DecodeError("no_frames", f"no video stream ({text})") from e
         if _looks_like_container(path):
@@ -82,11 +76,29 @@ def _looks_like_container(path: str) -> bool:
     return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3"
 
 
-Frames = tuple[np.ndarray, list[int], float, int, tuple[int, int]]
+@dataclass
+class VideoInfo:
+    indices: list[int]  # source frame index of each kept frame
+    fps: float
+    num_frames: int  # frames in the source video
+    height: int  # of the decoded (scaled) frames
+    width: int
+    source_height: int
+    source_width: int
 
 
-def decode_frames(path: str, *, frame_step: int = 1, short_side: int = 320) -> Frames:
-    """(frames (T, H, W, 3) uint8, source indices, fps, source frame count, source (H, W))."""
+@dataclass
+class EncodedVideo(VideoInfo):
+    jpegs: list[bytes]  # one JPEG per kept frame
+
+
+def decode_frames(path: str, *, frame_step: int = 1,
+                  short_side: int = 320) -> tuple[VideoInfo, Iterator[np.ndarray]]:
+    """The video's info, and its kept frames as chunks of at most CHUNK (n, H, W, 3) uint8 arrays.
+
+    The chunks are decoded as they are consumed; a chunk that does not decode raises
+    ``DecodeError('truncated')`` from the iterator.
+    """
     if frame_step < 1:
         raise ValueError(f"frame_step must be >= 1, got {frame_step}")
     if not os.path.isfile(path):
@@ -101,38 +113,40 @@ def decode_frames(path: str, *, frame_step: int = 1, short_side: int = 320) -> F
     try:
         first = vr[0].asnumpy()
     except Exception as e:
-        raise DecodeError("truncated", f"frame 0 of {num} does not decode ({str(e)[-200:]})") from e
+        raise DecodeError("truncated", f"frame 0 of {num} does not decode ({_first_line(e, 200)})") from e
     if first.ndim != 3 or first.shape[2] != 3:
         raise DecodeError("bad_frames", f"decord returned frames of shape {first.shape}, not (H, W, 3)")
-    src = first.shape[:2]
-    out_h, out_w = scaled_size(*src, short_side)
-    if (out_h, out_w) != src:
+    src_h, src_w = first.shape[:2]
+    out_h, out_w = scaled_size(src_h, src_w, short_side)
+    if (out_h, out_w) != (src_h, src_w):
         del vr
         vr = _open(path, height=out_h, width=out_w)
-    indices = list(range(0, num, frame_step))
-    chunks = []
-    for start in range(0, len(indices), CHUNK):
-        batch = indices[start:start + CHUNK]
-        try:
-            chunks.append(vr.get_batch(batch).asnumpy())
-        except Exception as e:
-            raise DecodeError("truncated", f"frames {batch[0]}..{batch[-1]} of {num} announced do not decode "
-                                           f"({str(e).split(chr(10))[0][-200:]})") from e
-    frames = np.concatenate(chunks)
-    if frames.shape[1:] != (out_h, out_w, 3):
-        raise DecodeError("bad_frames", f"decoded frames have shape {frames.shape[1:]}, expected "
-                                        f"{(out_h, out_w, 3)}")
-    return frames, indices, fps, num, src
+    info = VideoInfo(list(range(0, num, frame_step)), fps, num, out_h, out_w, src_h, src_w)
+
+    def chunks() -> Iterator[np.ndarray]:
+        for start in range(0, len(info.indices), CHUNK):
+            batch = info.indices[start:start + CHUNK]
+            try:
+                frames = vr.get_batch(batch).asnumpy()
+            except Exception as e:
+                raise DecodeError("truncated", f"frames {batch[0]}..{batch[-1]} of {num} announced do not "
+                                               f"decode ({_first_line(e, 200)})") from e
+            if frames.shape[1:] != (out_h, out_w, 3):
+                raise DecodeError("bad_frames", f"decoded frames have shape {frames.shape[1:]}, expected "
+                                                f"{(out_h, out_w, 3)}")
+            yield frames
+
+    return info, chunks()
 
 
 def encode_video(path: str, *, frame_step: int = 1, short_side: int = 320, quality: int = 90) -> EncodedVideo:
+    """Decode, scale and JPEG-encode chunk by chunk: memory holds one chunk of raw frames."""
     import simplejpeg
 
-    frames, indices, fps, num, (src_h, src_w) = decode_frames(path, frame_step=frame_step,
-                                                              short_side=short_side)
+    info, chunks = decode_frames(path, frame_step=frame_step, short_side=short_side)
     jpegs = [simplejpeg.encode_jpeg(np.ascontiguousarray(f), quality=quality, colorspace="RGB")
-             for f in frames]
-    return EncodedVideo(jpegs, indices, fps, num, frames.shape[1], frames.shape[2], src_h, src_w)
+             for chunk in chunks for f in chunk]
+    return EncodedVideo(**vars(info), jpegs=jpegs)
 
 
 def _serve(conn: Any) -> None:
