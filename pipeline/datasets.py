@@ -23,9 +23,10 @@ import csv
 import io
 import posixpath
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp")
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
@@ -71,15 +72,9 @@ def read_dataset(dataset: str, root: str, *, splits: Sequence[str] | None = None
         raise DatasetError(f"dataset root {root} does not exist or is not a folder")
     index = readers[dataset](fs, base.rstrip("/"), set(splits) if splits else None)
     index.root = root
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if proto not in ("file", "local"):
-        index.items = [_with_protocol(it, proto) for it in index.items]
+    if not isinstance(fs, LocalFileSystem):  # object-store paths need their scheme back
+        index.items = [replace(it, path=fs.unstrip_protocol(it.path)) for it in index.items]
     return index
-
-
-def _with_protocol(item: VideoItem, proto: str) -> VideoItem:
-    return VideoItem(item.video_id, f"{proto}://{item.path}", item.label, item.label_index, item.split,
-                     item.exists)
 
 
 def _read_text(fs, path: str, what: str) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 SCHEMA_VERSION = 1
 ROW_GROUP_BYTES = 64 << 20
@@ -71,7 +72,7 @@ def write_shard(table: pa.Table, url: str, storage_options: dict | None = None) 
     row_bytes = max(1, table.nbytes // max(1, table.num_rows))
     options = dict(row_group_size=max(1, ROW_GROUP_BYTES // row_bytes),
                    compression={n: ("none" if n == "frames" else "zstd") for n in table.column_names})
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    local = isinstance(fs, LocalFileSystem)
     target = f"{path}.tmp-{uuid.uuid4().hex}" if local else path
     try:
         with fs.open(target, "wb") as f:
