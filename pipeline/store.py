@@ -14,9 +14,11 @@ or uploaded as one object (S3 and other object stores publish an object only whe
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import IO
 
 import fsspec
 import pyarrow as pa
@@ -25,6 +27,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 SCHEMA_VERSION = 1
 ROW_GROUP_BYTES = 64 << 20
+TMP_MARK = ".tmp-"  # in the name of a local file being written; such files are never part of a store
 
 SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -61,22 +64,18 @@ def rows_to_table(rows: Sequence[dict]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=SCHEMA)
 
 
-def write_shard(table: pa.Table, url: str, storage_options: dict | None = None) -> int:
-    """Write ``table`` as one Parquet file at ``url``, atomically; returns the bytes written."""
-    if not table.schema.equals(SCHEMA):
-        raise ValueError(f"shard {url}: table schema does not match the store schema v{SCHEMA_VERSION}:\n"
-                         f"{table.schema}")
+def atomic_write(url: str, write: Callable[[IO[bytes]], None], storage_options: dict | None = None) -> int:
+    """Call ``write(file)`` so that ``url`` appears whole or not at all; returns its size in bytes.
+
+    Local files are written under a temporary name and renamed; object stores publish an object
+    only once its upload completes."""
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    row_bytes = max(1, table.nbytes // max(1, table.num_rows))
-    options = dict(row_group_size=max(1, ROW_GROUP_BYTES // row_bytes),
-                   compression={n: ("none" if n == "frames" else "zstd") for n in table.column_names})
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     local = isinstance(fs, LocalFileSystem)
-    target = f"{path}.tmp-{uuid.uuid4().hex}" if local else path
+    target = f"{path}{TMP_MARK}{uuid.uuid4().hex}" if local else path
     try:
         with fs.open(target, "wb") as f:
-            pq.write_table(table, f, **options)
+            write(f)
         if local:
             os.replace(target, path)  # atomic on one file system
     finally:
@@ -85,8 +84,98 @@ def write_shard(table: pa.Table, url: str, storage_options: dict | None = None) 
     return fs.size(path)
 
 
-def read_shard(url: str, storage_options: dict | None = None,
-               columns: Sequence[str] | None = None) -> pa.Table:
+def write_table(table: pa.Table, url: str, storage_options: dict | None = None) -> int:
+    """Any table as one Parquet file, atomically; JPEG bytes stay uncompressed, the rest zstd."""
+    row_bytes = max(1, table.nbytes // max(1, table.num_rows))
+    options = dict(row_group_size=max(1, ROW_GROUP_BYTES // row_bytes),
+                   compression={n: ("none" if n == "frames" else "zstd") for n in table.column_names})
+    return atomic_write(url, lambda f: pq.write_table(table, f, **options), storage_options)
+
+
+def write_shard(table: pa.Table, url: str, storage_options: dict | None = None) -> int:
+    """A shard of store rows at ``url``, atomically; returns the bytes written."""
+    if not table.schema.equals(SCHEMA):
+        raise ValueError(f"shard {url}: table schema does not match the store schema v{SCHEMA_VERSION}:\n"
+                         f"{table.schema}")
+    return write_table(table, url, storage_options)
+
+
+def write_json(data: dict, url: str, storage_options: dict | None = None) -> int:
+    text = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+    return atomic_write(url, lambda f: f.write(text), storage_options)
+
+
+def read_json(url: str, storage_options: dict | None = None) -> dict | None:
+    """The JSON object at ``url``, or None where there is no such file."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def read_table(url: str, storage_options: dict | None = None, columns: Sequence[str] | None = None,
+               filters: list | None = None) -> pa.Table:
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=list(columns) if columns else None)
+        return pq.read_table(f, columns=list(columns) if columns else None, filters=filters)
+
+
+class StoreError(ValueError):
+    """The store is missing, incomplete or asked for something it does not hold."""
+
+
+class Store:
+    """Read a prepared frame store (local or ``s3://``): manifest, classes, splits and rows.
+
+        store = Store("s3://bucket/k400-store", {"client_kwargs": {"endpoint_url": ...}})
+        ds = store.dataset("train")        # a Ray Dataset of store rows, streamed from Parquet
+        row = store.row("val/abc_000001_000011", phase=0)
+    """
+
+    def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        self.url, self.storage_options = url.rstrip("/"), storage_options or {}
+        manifest = read_json(f"{self.url}/manifest.json", self.storage_options)
+        if manifest is None:
+            raise StoreError(f"{self.url} holds no manifest.json: it is not a complete frame store "
+                             "(run pipeline/prepare.py, or re-run it to finish an interrupted one)")
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{self.url}: store schema v{manifest.get('schema_version')} is not "
+                             f"v{SCHEMA_VERSION}, which this code reads; prepare it again")
+        self.manifest = manifest
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest["classes"]
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.manifest["splits"])
+
+    def shard_urls(self, split: str) -> list[str]:
+        if split not in self.manifest["splits"]:
+            raise StoreError(f"{self.url} has no split {split!r}; it has {', '.join(self.splits)}")
+        return [f"{self.url}/{name}" for name in self.manifest["splits"][split]["shards"]]
+
+    def dataset(self, split: str, columns: Sequence[str] | None = None):  # -> ray.data.Dataset
+        import ray.data
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        fs, _ = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        paths = [fsspec.core.url_to_fs(u, **self.storage_options)[1] for u in self.shard_urls(split)]
+        return ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(fs)),
+                                     columns=list(columns) if columns else None)
+
+    def row(self, video_id: str, phase: int = 0) -> dict:
+        """One row by video id and phase (a scan of the split's shards: for tests and prediction)."""
+        for split in self.splits:
+            for url in self.shard_urls(split):
+                table = read_table(url, self.storage_options,
+                                   filters=[("video_id", "=", video_id), ("phase", "=", phase)])
+                if table.num_rows:
+                    return table.to_pylist()[0]
+        raise StoreError(f"{self.url} has no row for video {video_id!r} phase {phase}")
+
+    def quarantine(self) -> pa.Table:
+        return read_table(f"{self.url}/quarantine.parquet", self.storage_options)

@@ -35,6 +35,9 @@ os.environ.update({
     # On Linux Ray replaces 127.0.0.1 by the host's routable address unless this is off; with it
     # off the test cluster (one node) and its drivers stay on loopback.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # Explicit, so that a token a local `ray.init()` once saved in ~/.ray does not switch the
+    # loopback-only test cluster to token auth (its health check and jobs would be refused).
+    "RAY_AUTH_MODE": "disabled",
 })
 
 
@@ -57,6 +60,15 @@ def free_port() -> int:
 
 def wait_until(check: Callable[[], bool], what: str, proc: subprocess.Popen, log: Path,
                timeout: float = 120.0) -> None:
+    """Return once ``check()`` holds; else stop ``proc`` (no leaked service) and raise with its log."""
+    try:
+        _wait(check, what, proc, log, timeout)
+    except BaseException:
+        stop(proc)
+        raise
+
+
+def _wait(check: Callable[[], bool], what: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

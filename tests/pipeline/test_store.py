@@ -3,7 +3,7 @@
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.store import SCHEMA, phase_rows, read_shard, rows_to_table, write_shard
+from pipeline.store import SCHEMA, phase_rows, read_table, rows_to_table, write_shard
 
 
 def video_rows(n_frames=20, num_phases=8, video_id="train/v"):
@@ -32,7 +32,7 @@ def test_shard_round_trip_is_atomic_and_leaves_no_temp_files(tmp_path):
     size = write_shard(table, url)
     assert size == (tmp_path / "train" / "shard-00000.parquet").stat().st_size
     assert [p.name for p in (tmp_path / "train").iterdir()] == ["shard-00000.parquet"]
-    back = read_shard(url)
+    back = read_table(url)
     assert back.schema.equals(SCHEMA) and back.to_pylist() == table.to_pylist()
     group = pq.ParquetFile(url).metadata.row_group(0)
     codecs = {group.column(i).path_in_schema.split(".")[0]: group.column(i).compression
@@ -55,4 +55,4 @@ def test_shard_on_s3(s3_server):
     url = f"s3://{s3_server.bucket}/store/train/shard-00000.parquet"
     table = rows_to_table(video_rows())
     write_shard(table, url, s3_server.storage_options())
-    assert read_shard(url, s3_server.storage_options(), columns=["video_id", "phase"]).num_rows == 8
+    assert read_table(url, s3_server.storage_options(), columns=["video_id", "phase"]).num_rows == 8

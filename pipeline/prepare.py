@@ -1,0 +1,298 @@
+"""Decode a video dataset once into a sharded Parquet frame store, with Ray Data.
+
+    python pipeline/prepare.py --dataset kinetics --root /data/kinetics400 --out s3://bucket/k400-store
+    python pipeline/prepare.py --dataset synthetic --root demo-output/motion --out demo-output/store
+
+Runs on the Ray cluster named by --address or RAY_ADDRESS, else on one already running here,
+else on a new local one. Writes (local path or s3://):
+
+    STORE/_plan.json                    the inputs' fingerprint and parameters (first)
+    STORE/<split>/shard-NNNNN.parquet   store rows (pipeline/store.py): one per video and phase
+    STORE/_quarantine/<split>-NNNNN.parquet   per-shard quarantine parts
+    STORE/quarantine.parquet            every video that could not be used, with its reason
+    STORE/manifest.json                 counts, classes, parameters (last: the store is complete)
+
+Re-running the same command finishes what is missing (a killed run loses only the shards in
+flight); on a complete store it is a quick no-op. Different inputs or parameters against an
+existing store are refused unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.datasets import DatasetError, DatasetIndex, VideoItem, read_dataset
+from pipeline.shards import QUARANTINE_SCHEMA, ShardSpec, quarantine_row, run_shard_row, spec_row
+from pipeline.store import SCHEMA_VERSION, TMP_MARK, read_json, read_table, write_json, write_table
+
+DATASETS = ("kinetics", "moments", "folder", "synthetic")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument("--root", required=True, help="dataset root (local or s3://); for synthetic: where to write it")
+    p.add_argument("--out", required=True, help="store location (local or s3://)")
+    p.add_argument("--splits", default="", help="comma-separated, e.g. train,val (default: all)")
+    p.add_argument("--frame-step", type=int, default=1, help="keep every k-th frame (default 1)")
+    p.add_argument("--stride", type=int, default=8,
+                   help="training sampling stride in source frames; rows group frames by its phase (default 8)")
+    p.add_argument("--short-side", type=int, default=320, help="scale the short side down to this (default 320)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--videos-per-shard", type=int, default=16)
+    p.add_argument("--limit", type=int, default=0, help="first N videos per split, for trials")
+    p.add_argument("--workers", type=int, default=0, help="concurrent shard tasks (default: Ray decides)")
+    p.add_argument("--num-cpus", type=int, default=0, help="CPUs of a local Ray instance started here")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds before one video's decode is abandoned")
+    p.add_argument("--s3-endpoint", default=os.environ.get("COST_S3_ENDPOINT"),
+                   help="S3-compatible endpoint URL for s3:// paths (default: AWS)")
+    p.add_argument("--overwrite", action="store_true", help="replace a store made from other inputs or settings")
+    syn = p.add_argument_group("synthetic dataset (--dataset synthetic)")
+    syn.add_argument("--synthetic-kind", choices=("motion", "appearance"), default="motion")
+    syn.add_argument("--classes", type=int, default=4)
+    syn.add_argument("--videos-per-class", type=int, default=20)
+    syn.add_argument("--synthetic-frames", type=int, default=32)
+    syn.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    problems = []
+    if args.frame_step < 1 or args.stride % args.frame_step:
+        problems.append(f"--frame-step {args.frame_step} must be >= 1 and divide --stride {args.stride}")
+    if not 1 <= args.quality <= 100:
+        problems.append(f"--quality must be in 1..100, got {args.quality}")
+    if args.short_side < 16 or args.videos_per_shard < 1 or args.limit < 0:
+        problems.append("--short-side must be >= 16, --videos-per-shard >= 1, --limit >= 0")
+    if problems:
+        p.error("; ".join(problems))
+    return args
+
+
+def storage_options(args: argparse.Namespace) -> dict:
+    return {"client_kwargs": {"endpoint_url": args.s3_endpoint}} if args.s3_endpoint else {}
+
+
+def params(args: argparse.Namespace) -> dict:
+    return dict(frame_step=args.frame_step, stride=args.stride, num_phases=args.stride // args.frame_step,
+                short_side=args.short_side, quality=args.quality, videos_per_shard=args.videos_per_shard,
+                limit=args.limit)
+
+
+def code_version() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"store-v{SCHEMA_VERSION}" + (f"+{commit}" if commit else "")
+
+
+def select(index: DatasetIndex, limit: int) -> list[VideoItem]:
+    """Every item (present or missing), ordered by split and id; the first ``limit`` per split."""
+    items = sorted(index.items, key=lambda it: (it.split, it.video_id))
+    if not limit:
+        return items
+    taken: Counter = Counter()
+    out = []
+    for it in items:
+        if taken[it.split] < limit:
+            taken[it.split] += 1
+            out.append(it)
+    return out
+
+
+def fingerprint(items: list[VideoItem]) -> str:
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps([it.video_id, it.path, it.label, it.split]).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def plan_shards(items: list[VideoItem], out: str, args: argparse.Namespace, opts: dict) -> list[ShardSpec]:
+    shards = []
+    p = params(args)
+    for split in sorted({it.split for it in items}):
+        videos = [asdict(it) for it in items if it.split == split and it.exists]
+        for i, start in enumerate(range(0, len(videos), args.videos_per_shard)):
+            shards.append(ShardSpec(
+                split=split, index=i, url=f"{out}/{split}/shard-{i:05d}.parquet",
+                quarantine_url=f"{out}/_quarantine/{split}-{i:05d}.parquet",
+                videos=videos[start:start + args.videos_per_shard], frame_step=args.frame_step,
+                short_side=args.short_side, quality=args.quality, num_phases=p["num_phases"],
+                timeout=args.timeout, store_options=opts, source_options=opts))
+    return shards
+
+
+def connect_ray(address: str | None, num_cpus: int) -> bool:
+    """Join the named or running cluster, else start a local one; True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    try:
+        ray.init(address="auto", log_to_driver=False)
+        return False
+    except ConnectionError:
+        ray.init(num_cpus=num_cpus or None, log_to_driver=False)
+        return True
+
+
+def run_shards(todo: list[ShardSpec], workers: int, total_videos: int, done_videos: int) -> list[dict]:
+    """Each shard a Ray Data task; a progress line every few seconds; summaries as they finish."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ds = ray.data.from_items([spec_row(s) for s in todo], override_num_blocks=len(todo))
+    # Ray Data retries a task whose worker or node was lost, not one that raised: decoder crashes
+    # end in the isolated child (a quarantined video), so nothing is retried forever.
+    ds = ds.map(run_shard_row, num_cpus=1, concurrency=workers or None)
+    start = last = time.monotonic()
+    summaries, videos, bad = [], 0, 0
+    for row in ds.iter_rows():
+        s = json.loads(row["summary"])
+        summaries.append(s)
+        videos += s["videos"] + sum(s["quarantined"].values())
+        bad += sum(s["quarantined"].values())
+        now = time.monotonic()
+        if now - last > 5 or len(summaries) == len(todo):
+            rate = videos / max(now - start, 1e-9)
+            print(f"[prepare] {done_videos + videos}/{total_videos} videos, {len(summaries)}/{len(todo)} "
+                  f"shards, {rate:.1f} videos/s, {bad} quarantined", flush=True)
+            last = now
+    return summaries
+
+
+def finalize(out: str, shards: list[ShardSpec], items: list[VideoItem], index: DatasetIndex, plan: dict,
+             opts: dict) -> dict:
+    """Merge the quarantine, count what the shards hold, write the manifest last."""
+    parts = [read_table(s.quarantine_url, opts) for s in shards]
+    missing = [quarantine_row(asdict(it), "missing", "annotated, but no video file at this path")
+               for it in items if not it.exists]
+    quarantine = pa.concat_tables(parts + [pa.Table.from_pylist(missing, schema=QUARANTINE_SCHEMA)])
+    write_table(quarantine, f"{out}/quarantine.parquet", opts)
+    fs, _ = fsspec.core.url_to_fs(out, **opts)
+    splits: dict[str, dict] = {}
+    for s in shards:
+        t = read_table(s.url, opts, columns=["video_id", "label_name", "phase", "frame_index"])
+        entry = splits.setdefault(s.split, dict(videos=0, rows=0, frames=0, bytes=0, shards=[], per_class={}))
+        first_rows = t.filter(pc.equal(t.column("phase"), 0))  # one per video
+        for label in first_rows.column("label_name").to_pylist():
+            entry["per_class"][label] = entry["per_class"].get(label, 0) + 1
+        entry["videos"] += first_rows.num_rows
+        entry["rows"] += t.num_rows
+        entry["frames"] += pc.sum(pc.list_value_length(t.column("frame_index"))).as_py() or 0
+        entry["bytes"] += fs.size(fsspec.core.url_to_fs(s.url, **opts)[1])
+        entry["shards"].append(s.url[len(out) + 1:])
+    manifest = dict(plan, classes=index.classes, splits=splits, code_version=code_version(),
+                    quarantined=dict(Counter(quarantine.column("reason").to_pylist())),
+                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    write_json(manifest, f"{out}/manifest.json", opts)
+    return manifest
+
+
+def check_existing(out: str, plan: dict, overwrite: bool, opts: dict) -> str:
+    """'new', 'resume' or 'complete'; a store of other inputs or settings is refused (or replaced)."""
+    fs, path = fsspec.core.url_to_fs(out, **opts)
+    old = read_json(f"{out}/_plan.json", opts)
+    if old != plan and fs.exists(path) and fs.ls(path):
+        if not overwrite:
+            what = ("is not a frame store" if old is None else "was prepared from other inputs or settings ("
+                    + ", ".join(sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))) + " differ)")
+            raise SystemExit(f"prepare: {out} {what}; pass --overwrite to replace it, or choose another --out")
+        fs.rm(path, recursive=True)
+        old = None
+    if old is None:
+        return "new"
+    if isinstance(fs, LocalFileSystem):  # files a killed run was writing
+        for leftover in fs.glob(f"{path}/**/*{TMP_MARK}*"):
+            fs.rm(leftover)
+    return "complete" if read_json(f"{out}/manifest.json", opts) is not None else "resume"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    opts = storage_options(args)
+    out = args.out.rstrip("/")
+    dataset = args.dataset
+    if dataset == "synthetic":
+        from pipeline.synthetic import SyntheticSpec, generate
+
+        spec = SyntheticSpec(kind=args.synthetic_kind, classes=args.classes, videos_per_class=args.videos_per_class,
+                             val_videos_per_class=max(2, args.videos_per_class // 4),
+                             frames=args.synthetic_frames, seed=args.seed)
+        print(f"[prepare] writing the synthetic '{spec.kind}' dataset to {args.root}", flush=True)
+        generate(spec, args.root)
+        dataset = "kinetics"
+    try:
+        index = read_dataset(dataset, args.root, splits=[s for s in args.splits.split(",") if s] or None,
+                             storage_options=opts)
+    except DatasetError as e:
+        raise SystemExit(f"prepare: {e}") from None
+    items = select(index, args.limit)
+    plan = dict(schema_version=SCHEMA_VERSION, dataset=args.dataset, root=args.root, classes=index.classes,
+                params=params(args), input_fingerprint=fingerprint(items), inputs=len(items))
+    state = check_existing(out, plan, args.overwrite, opts)
+    if state == "complete":
+        print(f"[prepare] {out} is complete for these inputs and settings; nothing to do")
+        return 0
+    if state == "new":
+        write_json(plan, f"{out}/_plan.json", opts)
+    shards = plan_shards(items, out, args, opts)
+    fs, _ = fsspec.core.url_to_fs(out, **opts)
+    todo = [s for s in shards if not fs.exists(fsspec.core.url_to_fs(s.url, **opts)[1])]
+    total = sum(len(s.videos) for s in shards)
+    done = total - sum(len(s.videos) for s in todo)
+    print(f"[prepare] {len(items)} annotated videos ({sum(not it.exists for it in items)} missing), "
+          f"{len(shards)} shards, {len(todo)} to do" + (" (resuming)" if state == "resume" else ""), flush=True)
+    if todo:
+        started_here = connect_ray(args.address, args.num_cpus)
+        try:
+            run_shards(todo, args.workers, total, done)
+        finally:
+            if started_here:
+                import ray
+
+                ray.shutdown()
+    manifest = finalize(out, shards, items, index, plan, opts)
+    print_summary(manifest, out, time.monotonic() - started)
+    return 0
+
+
+def print_summary(manifest: dict, out: str, seconds: float) -> None:
+    splits = manifest["splits"]
+    videos = sum(s["videos"] for s in splits.values())
+    frames = sum(s["frames"] for s in splits.values())
+    size = sum(s["bytes"] for s in splits.values())
+    print(f"[prepare] done in {seconds:.1f}s: {videos} videos, {frames} frames, {size / 1e6:.1f} MB in {out}")
+    for name, s in sorted(splits.items()):
+        print(f"  {name}: {s['videos']} videos in {len(s['shards'])} shards")
+    bad = manifest["quarantined"]
+    print(f"  quarantined: {sum(bad.values())}" + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(bad.items()))
+                                                   + ") - see quarantine.parquet" if bad else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""prepare.py end to end on the session's Ray cluster: inputs -> store rows, manifest, quarantine,
+resume after a real kill, S3 in and out."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import simplejpeg
+
+from pipeline.prepare import main as prepare
+from pipeline.store import Store
+from pipeline.synthetic import SyntheticSpec, generate
+
+decord = pytest.importorskip("decord")
+PREPARE = str(Path(__file__).resolve().parents[2] / "pipeline" / "prepare.py")
+COMMA_LABEL = "eating, drinking"
+
+
+@pytest.fixture(scope="module")
+def kinetics(tmp_path_factory):
+    """Synthetic Kinetics tree (two splits, all broken kinds) with one label renamed to hold a comma."""
+    root = tmp_path_factory.mktemp("k")
+    generate(SyntheticSpec(classes=4, videos_per_class=3, val_videos_per_class=2, height=32, width=40, frames=16,
+                           broken=True), root)
+    for split in ("train", "val"):
+        path = root / "annotations" / f"{split}.csv"
+        rows = list(csv.reader(path.open()))
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerows([[COMMA_LABEL if c == "moving up" else c for c in r] for r in rows])
+    assert f'"{COMMA_LABEL}"' in (root / "annotations" / "train.csv").read_text()
+    return root
+
+
+def expected_quarantine(root: Path) -> set:
+    meta = json.loads((root / "synthetic.json").read_text())
+    return {(b["path"].removesuffix(".mp4"), b["broken"]) for b in meta["broken"]}
+
+
+def store_rows(store: Store) -> list[tuple]:
+    rows = []
+    for split in store.splits:
+        for url in store.shard_urls(split):
+            from pipeline.store import read_table
+
+            for r in read_table(url).to_pylist():
+                rows.append((r["video_id"], r["phase"], tuple(r["frame_index"]), tuple(r["frames"])))
+    return sorted(rows)
+
+
+def test_kinetics_tree_prepares_into_an_exact_store(kinetics, tmp_path, ray_cluster, capsys):
+    out = tmp_path / "store"
+    assert prepare(["--dataset", "kinetics", "--root", str(kinetics), "--out", str(out), "--short-side", "24",
+                    "--videos-per-shard", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "done in" in printed and " 20 videos, 320 frames" in printed and "quarantined: 10" in printed
+    store = Store(str(out))
+    labels = {"moving right", "moving left", "moving down", COMMA_LABEL}
+    assert store.classes == sorted(labels)
+    m = store.manifest["splits"]
+    assert m["train"]["videos"] == 12 and m["val"]["videos"] == 8
+    assert m["train"]["per_class"] == {c: 3 for c in labels} and m["val"]["per_class"] == {c: 2 for c in labels}
+    assert m["train"]["frames"] == 12 * 16 and m["train"]["rows"] == 12 * 8  # 8 phases of 2 frames
+    q = store.quarantine().to_pylist()
+    assert {(r["video_id"], r["reason"]) for r in q} == expected_quarantine(kinetics)
+    assert all(r["detail"] for r in q)
+    rows = store_rows(store)
+    assert len(rows) == len({r[:2] for r in rows})  # no duplicate (video, phase)
+    assert {r[0] for r in rows}.isdisjoint(v for v, _ in expected_quarantine(kinetics))
+    assert store.dataset("val").count() == m["val"]["rows"]
+
+
+def test_stored_frames_match_a_direct_decode(kinetics, tmp_path, ray_cluster):
+    out = tmp_path / "store"
+    prepare(["--dataset", "kinetics", "--root", str(kinetics), "--out", str(out), "--short-side", "24",
+             "--splits", "val", "--frame-step", "2", "--stride", "8"])
+    store = Store(str(out))
+    vid = store.dataset("val", columns=["video_id"]).take(1)[0]["video_id"]
+    rows = [store.row(vid, p) for p in range(4)]  # stride 8 / frame step 2 = 4 phases
+    assert rows[1]["frame_index"] == [2, 10] and rows[0]["num_phases"] == 4
+    by_index = {i: f for r in rows for i, f in zip(r["frame_index"], r["frames"], strict=True)}
+    assert sorted(by_index) == list(range(0, 16, 2))
+    source = kinetics / f"{vid}.mp4"
+    direct = decord.VideoReader(str(source), height=24, width=30).get_batch(sorted(by_index)).asnumpy()
+    stored = np.stack([simplejpeg.decode_jpeg(by_index[i]) for i in sorted(by_index)])
+    assert stored.shape == direct.shape == (8, 24, 30, 3)
+    diff = np.abs(stored.astype(int) - direct.astype(int))
+    assert diff.mean() < 3.0 and np.percentile(diff, 99) < 24
+
+
+def copy_videos(kinetics: Path, dest_of) -> Counter:
+    """Copy the good synthetic videos to dest_of(split, label, stem); return counts per (split, label)."""
+    counts: Counter = Counter()
+    broken = {p for p, _ in expected_quarantine(kinetics)}
+    for split in ("train", "val"):
+        for r in csv.DictReader((kinetics / "annotations" / f"{split}.csv").open()):
+            stem = f"{r['youtube_id']}_{int(r['time_start']):06d}_{int(r['time_end']):06d}"
+            if f"{split}/{stem}" in broken:
+                continue
+            dest = dest_of(split, r["label"], stem)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(kinetics / split / f"{stem}.mp4", dest)
+            counts[split, r["label"]] += 1
+    return counts
+
+
+def test_moments_tree(kinetics, tmp_path, ray_cluster):
+    root = tmp_path / "mit"
+    names = {"train": "training", "val": "validation"}
+    counts = copy_videos(kinetics, lambda s, label, stem: root / names[s] / label.replace(", ", "_") / f"{stem}.mp4")
+    classes = sorted({label for _, label in counts})
+    (root / "moments_categories.txt").write_text("".join(f'"{c}",{i}\n' for i, c in enumerate(classes)))
+    for split, csv_name in (("train", "trainingSet.csv"), ("val", "validationSet.csv")):
+        with (root / csv_name).open("w", newline="") as f:
+            w = csv.writer(f)
+            for p in sorted((root / names[split]).rglob("*.mp4")):
+                label = next(c for c in classes if c.replace(", ", "_") == p.parent.name)
+                w.writerow([f"{p.parent.name}/{p.name}", label, 3, 0])
+            w.writerow(["ghost/missing.mp4", classes[0], 3, 0])
+    (root / "training" / "ghost").mkdir()
+    (root / "training" / "ghost" / "bad.mp4").write_text("not a video")
+    with (root / "trainingSet.csv").open("a", newline="") as f:
+        csv.writer(f).writerow(["ghost/bad.mp4", classes[0], 3, 0])
+    prepare(["--dataset", "moments", "--root", str(root), "--out", str(tmp_path / "store")])
+    store = Store(str(tmp_path / "store"))
+    assert store.classes == classes
+    for split in ("train", "val"):
+        assert store.manifest["splits"][split]["per_class"] == {lbl: n for (s, lbl), n in counts.items() if s == split}
+    assert sorted((r["video_id"], r["reason"]) for r in store.quarantine().to_pylist()) == [
+        ("train/ghost/bad", "not_video"), ("train/ghost/missing", "missing"), ("val/ghost/missing", "missing")]
+
+
+def test_folder_tree(kinetics, tmp_path, ray_cluster):
+    root = tmp_path / "folder"
+    counts = copy_videos(kinetics, lambda s, label, stem: root / s / label / f"{stem}.mp4")
+    (root / "train" / "moving left" / "empty.mp4").write_bytes(b"")
+    prepare(["--dataset", "folder", "--root", str(root), "--out", str(tmp_path / "store"), "--workers", "1"])
+    store = Store(str(tmp_path / "store"))
+    assert store.manifest["splits"]["train"]["per_class"] == {lbl: n for (s, lbl), n in counts.items() if s == "train"}
+    assert [(r["video_id"], r["reason"]) for r in store.quarantine().to_pylist()] == [
+        ("train/moving left/empty", "zero_bytes")]
+
+
+def test_rerun_is_a_noop_and_other_settings_are_refused(kinetics, tmp_path, ray_cluster, capsys):
+    args = ["--dataset", "kinetics", "--root", str(kinetics), "--out", str(tmp_path / "s"), "--splits", "val"]
+    prepare(args)
+    manifest = (tmp_path / "s" / "manifest.json").read_bytes()
+    capsys.readouterr()
+    assert prepare(args) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert (tmp_path / "s" / "manifest.json").read_bytes() == manifest
+    with pytest.raises(SystemExit, match="quality|params differ"):
+        prepare(args + ["--quality", "70"])
+    assert (tmp_path / "s" / "manifest.json").read_bytes() == manifest  # nothing was touched
+    prepare(args + ["--quality", "70", "--overwrite"])
+    assert Store(str(tmp_path / "s")).manifest["params"]["quality"] == 70
+    with pytest.raises(SystemExit, match="does not exist"):
+        prepare(["--dataset", "kinetics", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+
+
+def test_killed_run_resumes_to_the_same_rows(kinetics, tmp_path, ray_cluster):
+    base = ["--dataset", "kinetics", "--root", str(kinetics), "--videos-per-shard", "1", "--workers", "1"]
+    prepare(base + ["--out", str(tmp_path / "whole")])
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, PREPARE, *base, "--out", str(killed)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while len(list(killed.glob("*/shard-*.parquet"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = list(killed.glob("*/shard-*.parquet"))
+    assert 3 <= len(done) < 20 and not (killed / "manifest.json").exists(), "the kill did not land part-way"
+    prepare(base + ["--out", str(killed)])
+    assert store_rows(Store(str(killed))) == store_rows(Store(str(tmp_path / "whole")))
+    assert not list(killed.rglob("*.tmp-*"))
+
+
+def test_store_and_sources_on_s3(kinetics, s3_server, ray_cluster):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_server.storage_options())
+    fs.put(str(kinetics) + "/", f"{s3_server.bucket}/src/", recursive=True)
+    src, out = f"s3://{s3_server.bucket}/src", f"s3://{s3_server.bucket}/store"
+    prepare(["--dataset", "kinetics", "--root", src, "--out", out, "--splits", "val",
+             "--s3-endpoint", s3_server.endpoint_url])
+    store = Store(out, s3_server.storage_options())
+    assert store.manifest["splits"]["val"]["videos"] == 8
+    assert {r["reason"] for r in store.quarantine().to_pylist()} == {
+        "missing", "zero_bytes", "truncated", "not_video", "no_frames"}
+    vid = store.dataset("val", columns=["video_id"]).take(1)[0]["video_id"]
+    assert len(store.row(vid, 0)["frames"]) == 2
