@@ -24,7 +24,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 demo: install
-	$(PY) pipeline/synthetic.py --out $(DEMO)/motion --kind motion --classes 4 --videos-per-class 20
+	$(PY) pipeline/prepare.py --dataset synthetic --synthetic-kind motion --classes 4 --videos-per-class 20 \
+		--root $(DEMO)/motion --out $(DEMO)/store
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache *.egg-info

@@ -167,7 +167,7 @@ def run_shards(todo: list[ShardSpec], workers: int, total_videos: int, done_vide
     ds = ray.data.from_items([spec_row(s) for s in todo], override_num_blocks=len(todo))
     # Ray Data retries a task whose worker or node was lost, not one that raised: decoder crashes
     # end in the isolated child (a quarantined video), so nothing is retried forever.
-    ds = ds.map(run_shard_row, num_cpus=1, concurrency=workers or None)
+    ds = ds.map(run_shard_row, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=workers) if workers else None)
     start = last = time.monotonic()
     summaries, videos, bad = [], 0, 0
     for row in ds.iter_rows():

@@ -198,3 +198,11 @@ def test_store_and_sources_on_s3(kinetics, s3_server, ray_cluster):
         "missing", "zero_bytes", "truncated", "not_video", "no_frames"}
     vid = store.dataset("val", columns=["video_id"]).take(1)[0]["video_id"]
     assert len(store.row(vid, 0)["frames"]) == 2
+
+
+def test_limit_takes_the_first_videos_of_each_split(kinetics, tmp_path, ray_cluster):
+    prepare(["--dataset", "kinetics", "--root", str(kinetics), "--out", str(tmp_path / "s"), "--limit", "3"])
+    m = Store(str(tmp_path / "s")).manifest
+    assert m["inputs"] == 6 and m["params"]["limit"] == 3
+    handled = sum(s["videos"] for s in m["splits"].values()) + sum(m["quarantined"].values())
+    assert handled == 6
