@@ -38,7 +38,16 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.datasets import DatasetError, DatasetIndex, VideoItem, read_dataset
 from pipeline.shards import QUARANTINE_SCHEMA, ShardSpec, quarantine_row, run_shard_row, spec_row
-from pipeline.store import SCHEMA_VERSION, TMP_MARK, read_json, read_table, write_json, write_table
+from pipeline.store import (
+    SCHEMA_VERSION,
+    TMP_MARK,
+    read_json,
+    read_table,
+    url_exists,
+    url_size,
+    write_json,
+    write_table,
+)
 
 DATASETS = ("kinetics", "moments", "folder", "synthetic")
 
@@ -157,8 +166,8 @@ def connect_ray(address: str | None, num_cpus: int) -> bool:
         return True
 
 
-def run_shards(todo: list[ShardSpec], workers: int, total_videos: int, done_videos: int) -> list[dict]:
-    """Each shard a Ray Data task; a progress line every few seconds; summaries as they finish."""
+def run_shards(todo: list[ShardSpec], workers: int, total_videos: int, done_videos: int) -> None:
+    """Each shard a Ray Data task; a progress line every few seconds as their summaries arrive."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -169,19 +178,18 @@ def run_shards(todo: list[ShardSpec], workers: int, total_videos: int, done_vide
     # end in the isolated child (a quarantined video), so nothing is retried forever.
     ds = ds.map(run_shard_row, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=workers) if workers else None)
     start = last = time.monotonic()
-    summaries, videos, bad = [], 0, 0
+    finished, videos, bad = 0, 0, 0
     for row in ds.iter_rows():
         s = json.loads(row["summary"])
-        summaries.append(s)
+        finished += 1
         videos += s["videos"] + sum(s["quarantined"].values())
         bad += sum(s["quarantined"].values())
         now = time.monotonic()
-        if now - last > 5 or len(summaries) == len(todo):
+        if now - last > 5 or finished == len(todo):
             rate = videos / max(now - start, 1e-9)
-            print(f"[prepare] {done_videos + videos}/{total_videos} videos, {len(summaries)}/{len(todo)} "
+            print(f"[prepare] {done_videos + videos}/{total_videos} videos, {finished}/{len(todo)} "
                   f"shards, {rate:.1f} videos/s, {bad} quarantined", flush=True)
             last = now
-    return summaries
 
 
 def finalize(out: str, shards: list[ShardSpec], items: list[VideoItem], index: DatasetIndex, plan: dict,
@@ -192,7 +200,6 @@ def finalize(out: str, shards: list[ShardSpec], items: list[VideoItem], index: D
                for it in items if not it.exists]
     quarantine = pa.concat_tables(parts + [pa.Table.from_pylist(missing, schema=QUARANTINE_SCHEMA)])
     write_table(quarantine, f"{out}/quarantine.parquet", opts)
-    fs, _ = fsspec.core.url_to_fs(out, **opts)
     splits: dict[str, dict] = {}
     for s in shards:
         t = read_table(s.url, opts, columns=["video_id", "label_name", "phase", "frame_index"])
@@ -203,7 +210,7 @@ def finalize(out: str, shards: list[ShardSpec], items: list[VideoItem], index: D
         entry["videos"] += first_rows.num_rows
         entry["rows"] += t.num_rows
         entry["frames"] += pc.sum(pc.list_value_length(t.column("frame_index"))).as_py() or 0
-        entry["bytes"] += fs.size(fsspec.core.url_to_fs(s.url, **opts)[1])
+        entry["bytes"] += url_size(s.url, opts)
         entry["shards"].append(s.url[len(out) + 1:])
     manifest = dict(plan, classes=index.classes, splits=splits, code_version=code_version(),
                     quarantined=dict(Counter(quarantine.column("reason").to_pylist())),
@@ -261,8 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if state == "new":
         write_json(plan, f"{out}/_plan.json", opts)
     shards = plan_shards(items, out, args, opts)
-    fs, _ = fsspec.core.url_to_fs(out, **opts)
-    todo = [s for s in shards if not fs.exists(fsspec.core.url_to_fs(s.url, **opts)[1])]
+    todo = [s for s in shards if not url_exists(s.url, opts)]
     total = sum(len(s.videos) for s in shards)
     done = total - sum(len(s.videos) for s in todo)
     print(f"[prepare] {len(items)} annotated videos ({sum(not it.exists for it in items)} missing), "

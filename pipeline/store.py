@@ -105,6 +105,16 @@ def write_json(data: dict, url: str, storage_options: dict | None = None) -> int
     return atomic_write(url, lambda f: f.write(text), storage_options)
 
 
+def url_exists(url: str, storage_options: dict | None = None) -> bool:
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs.exists(path)
+
+
+def url_size(url: str, storage_options: dict | None = None) -> int:
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs.size(path)
+
+
 def read_json(url: str, storage_options: dict | None = None) -> dict | None:
     """The JSON object at ``url``, or None where there is no such file."""
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
