@@ -102,13 +102,18 @@ def params(args: argparse.Namespace) -> dict:
                 limit=args.limit)
 
 
-def code_version() -> str:
+def git_commit() -> str:
+    """This checkout's commit (short), or "" outside a git checkout (e.g. a Ray job's working dir)."""
     here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        commit = ""
+        return ""
+
+
+def code_version() -> str:
+    commit = git_commit()
     return f"store-v{SCHEMA_VERSION}" + (f"+{commit}" if commit else "")
 
 
@@ -148,7 +153,7 @@ def plan_shards(items: list[VideoItem], out: str, args: argparse.Namespace, opts
     return shards
 
 
-def connect_ray(address: str | None, num_cpus: int) -> bool:
+def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = False) -> bool:
     """Join the named or running cluster, else start a local one; True if started here."""
     import ray
 
@@ -156,13 +161,13 @@ def connect_ray(address: str | None, num_cpus: int) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=log_to_driver)
         return False
     try:
-        ray.init(address="auto", log_to_driver=False)
+        ray.init(address="auto", log_to_driver=log_to_driver)
         return False
     except ConnectionError:
-        ray.init(num_cpus=num_cpus or None, log_to_driver=False)
+        ray.init(num_cpus=num_cpus or None, log_to_driver=log_to_driver)
         return True
 
 

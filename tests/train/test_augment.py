@@ -1,0 +1,63 @@
+"""Decoding and spatial augmentation: the paper's scale/crop/flip ranges, exact flips, layout."""
+
+import numpy as np
+import pytest
+import simplejpeg
+import torch
+
+from train.augment import View, apply_view, decode, eval_views, normalize, train_view
+
+
+def test_train_view_follows_the_scale_and_crop_ranges():
+    rng = np.random.default_rng(0)
+    h, w = 320, 427  # a stored frame, short side 320
+    views = [train_view(rng, h, w, short_side=(256, 320), crop=224) for _ in range(2000)]
+    sides = np.array([v.side for v in views])
+    # 224 pixels at short side s in [256, 320] cover 224 * 320 / s stored pixels: 224 .. 280
+    assert sides.min() >= 224 and sides.max() <= 280 and sides.min() < 230 and sides.max() > 274
+    assert all(0 <= v.top <= h - v.side and 0 <= v.left <= w - v.side for v in views)
+    assert max(v.left for v in views) > 140 and min(v.left for v in views) < 10  # crops spread over the frame
+    assert 0.45 < np.mean([v.flip for v in views]) < 0.55
+
+
+def test_eval_views_centre_and_three_crops():
+    (c,) = eval_views(320, 427, short_side=256, crop=224)
+    assert c.side == 280 and c.top == 20 and c.left == (427 - 280) // 2 and not c.flip
+    three = eval_views(320, 427, short_side=256, crop=224, crops=3)
+    assert [v.left for v in three] == [0, c.left, 427 - 280] and {v.top for v in three} == {20}
+    tall = eval_views(427, 320, short_side=256, crop=224, crops=3)
+    assert [v.top for v in tall] == [0, (427 - 280) // 2, 427 - 280]
+    with pytest.raises(ValueError, match="crops"):
+        eval_views(320, 427, crops=2)
+
+
+def test_apply_view_resizes_the_region_and_flips_exactly():
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 255, (3, 60, 80, 3), dtype=np.uint8)
+    view = View(top=5, left=10, side=40)
+    out = apply_view(frames, view, 40)  # same size: the region itself
+    assert out.shape == (3, 40, 40, 3) and np.array_equal(out, frames[:, 5:45, 10:50])
+    flipped = apply_view(frames, View(5, 10, 40, flip=True), 40)
+    assert np.array_equal(flipped, out[:, :, ::-1])
+    small = apply_view(frames, view, 20)
+    assert small.shape == (3, 20, 20, 3)
+    assert abs(float(small.mean()) - float(out.mean())) < 2  # a resize, not a crop of a corner
+
+
+def test_decode_returns_the_frames():
+    rng = np.random.default_rng(2)
+    frames = np.repeat(np.repeat(rng.integers(0, 255, (4, 8, 10, 3), dtype=np.uint8), 8, 1), 8, 2)
+    jpegs = [simplejpeg.encode_jpeg(np.ascontiguousarray(f), quality=95) for f in frames]
+    for fast in (False, True):
+        out = decode(jpegs, fast=fast)
+        assert out.shape == (4, 64, 80, 3) and out.dtype == np.uint8
+        assert np.abs(out.astype(int) - frames).mean() < 6
+
+
+def test_normalize_gives_the_model_layout():
+    clips = torch.randint(0, 256, (2, 4, 6, 6, 3), dtype=torch.uint8)
+    x = normalize(clips, (0.5, 0.4, 0.3), (0.2, 0.25, 0.5))
+    assert x.shape == (2, 3, 4, 6, 6) and x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=torch.channels_last_3d)
+    expect = (clips[1, 2, 3, 4, 1].float() / 255 - 0.4) / 0.25
+    assert torch.allclose(x[1, 1, 2, 3, 4], expect, atol=1e-5)

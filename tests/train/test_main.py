@@ -1,0 +1,146 @@
+"""train/main.py end to end on the session's Ray cluster and MLflow server, on a synthetic store:
+DDP training that learns, tracking, eval-only, resume, a killed worker, `ray job submit`, bad configs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import train.main
+from pipeline.prepare import main as prepare
+from pipeline.store import Store
+from train.data import clips_per_epoch
+from train.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = str(ROOT / "configs" / "tiny_synthetic.yaml")
+STEPS_PER_EPOCH = 12  # 48 videos x 8 phase rows, one 4-frame clip each, over 2 workers x 16 clips
+
+
+@pytest.fixture(scope="module")
+def store(ray_cluster, tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("appearance")
+    assert prepare(["--dataset", "synthetic", "--synthetic-kind", "appearance", "--classes", "4",
+                    "--videos-per-class", "12", "--root", str(root / "src"), "--out", str(root / "store")]) == 0
+    return str(root / "store")
+
+
+def args(store: str, mlflow_server: str, tmp_path: Path, *extra: str) -> list[str]:
+    return ["--config", CONFIG, f"data.store={store}", f"tracking.uri={mlflow_server}", "tracking.experiment=tests",
+            f"trainer.storage_path={tmp_path / 'runs'}", *extra]
+
+
+def find_run(uri: str, name: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tests")
+    (run,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`cost.run_name` = '{name}'")
+    return run
+
+
+def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
+
+
+def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path):
+    assert clips_per_epoch(Store(store), "train", 4) == STEPS_PER_EPOCH * 2 * 16
+    assert main(args(store, mlflow_server, tmp_path, "name=learn", "trainer.epochs=3", "trainer.log_every=4")) == 0
+    run = find_run(mlflow_server, "learn")
+    rid = run.info.run_id
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.arch"] == "cost_b" and run.data.params["trainer.num_workers"] == "2"
+    assert run.data.tags["arch"] == "cost_b" and run.data.tags["frames"] == "4"
+    assert run.data.tags["store_fingerprint"] == Store(store).manifest["input_fingerprint"]
+    losses = [v for _, v in history(mlflow_server, rid, "loss")]
+    assert len(losses) == 9 and losses[-1] < 0.7 * losses[0]  # loss falls
+    assert [v for _, v in history(mlflow_server, rid, "epoch")] == [1, 2, 3]
+    assert run.data.metrics["val_top1"] >= 0.6  # 4 classes: chance is 0.25
+    assert run.data.metrics["test_top1"] >= 0.6 and run.data.metrics["test_videos"] == 12
+    for key in ("lr", "clips_per_s", "data_wait", "val_loss", "val_top5", "test_top5"):
+        assert key in run.data.metrics
+    client = MlflowClient(mlflow_server)
+    artifacts = {a.path for a in client.list_artifacts(rid)}
+    assert {"config.yaml", "test_scores.parquet"} <= artifacts
+    scores = pq.read_table(client.download_artifacts(rid, "test_scores.parquet", str(tmp_path))).to_pydict()
+    assert len(scores["video_id"]) == 12 and len(scores["scores"][0]) == 4
+    assert np.isclose(np.mean(np.array(scores["predicted"]) == np.array(scores["label"])), run.data.metrics["test_top1"])
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pytorch.load_model(f"runs:/{rid}/model")
+    assert model(torch.zeros(2, 3, 4, 48, 48)).shape == (2, 4)
+
+    assert Path(run.data.tags["best_checkpoint"], "state.pt").is_file()
+    # The test protocol again from the last checkpoint alone, on one worker: the same per-video scores.
+    last = sorted((tmp_path / "runs" / "learn").glob("checkpoint_2*"))[-1]
+    assert main(["--eval-only", "--checkpoint", str(last), f"tracking.uri={mlflow_server}",
+                 "tracking.experiment=tests", "trainer.num_workers=1", f"trainer.storage_path={tmp_path / 'runs'}"]) == 0
+    exp = client.get_experiment_by_name("tests")
+    (ev,) = client.search_runs([exp.experiment_id], filter_string="tags.mode = 'eval'")
+    assert ev.info.status == "FINISHED" and ev.data.metrics["test_videos"] == 12
+    assert ev.data.metrics["test_top1"] == run.data.metrics["test_top1"]
+    assert ev.data.metrics["test_loss"] == pytest.approx(run.data.metrics["test_loss"], rel=1e-4)
+
+
+def test_a_stopped_run_resumes_at_the_next_epoch(store, mlflow_server, tmp_path):
+    common = args(store, mlflow_server, tmp_path, "name=resume", "trainer.epochs=2", "trainer.log_every=4",
+                  "trainer.test_at_end=false", "tracking.log_model=false")
+    assert main(common + ["--stop-at-epoch", "1"]) == 0
+    run = find_run(mlflow_server, "resume")
+    assert run.info.status == "KILLED"
+    assert history(mlflow_server, run.info.run_id, "epoch") == [(STEPS_PER_EPOCH, 1)]
+    assert main(common) == 0
+    run = find_run(mlflow_server, "resume")
+    assert run.info.status == "FINISHED"
+    assert history(mlflow_server, run.info.run_id, "epoch") == [(STEPS_PER_EPOCH, 1), (2 * STEPS_PER_EPOCH, 2)]
+    steps = [s for s, _ in history(mlflow_server, run.info.run_id, "loss")]
+    assert steps == [4, 8, 12, 16, 20, 24]  # the second run went on at step 13, not from 1
+    # a finished name is not trained again by accident
+    assert main(common) == 2
+
+
+def test_a_killed_worker_is_recovered_from_the_checkpoint(store, mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("COST_TRAIN_FAULT", "kill:1:8")  # SIGKILL rank 1 at step 8
+    assert main(args(store, mlflow_server, tmp_path, "name=killed", "trainer.epochs=1", "trainer.log_every=1",
+                     "trainer.checkpoint_every=5", "trainer.test_at_end=false", "tracking.log_model=false")) == 0
+    run = find_run(mlflow_server, "killed")
+    assert run.info.status == "FINISHED"
+    steps = [s for s, _ in history(mlflow_server, run.info.run_id, "loss")]
+    # steps 6 and 7 ran twice: before the kill, and again after the group restarted from step 5
+    assert steps.count(6) == 2 and steps.count(7) == 2 and steps.count(5) == 1
+    assert max(steps) == STEPS_PER_EPOCH and history(mlflow_server, run.info.run_id, "epoch")[-1][1] == 1
+
+
+def test_ray_job_submit(store, mlflow_server, ray_cluster, tmp_path):
+    entry = [sys.executable, "train/main.py", *args(store, mlflow_server, tmp_path, "name=job", "trainer.epochs=1",
+                                                    "trainer.test_at_end=false", "tracking.log_model=false")]
+    entry[3] = "configs/tiny_synthetic.yaml"  # relative to the job's working dir
+    proc = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
+                           ray_cluster.dashboard_url, "--working-dir", str(ROOT), "--", *entry],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in proc.stdout + proc.stderr
+    run = find_run(mlflow_server, "job")
+    assert run.info.status == "FINISHED" and run.data.metrics["epoch"] == 1
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.arch=resnet", "model.arch"),
+    ("data.stride=4", "data.stride"),
+    ("data.store=/nonexistent/store", "data.store"),
+    ("data.val_split=test", "data.val_split"),
+    ("data.crop=512", "data.crop"),
+    ("trainer.batch_size=100000", "trainer.batch_size"),
+    ("optim.milestones=[0.8, 0.2]", "optim.milestones"),
+])
+def test_bad_config_fails_before_ray_starts(store, mlflow_server, tmp_path, monkeypatch, capsys, override, key):
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started for a bad config")
+
+    monkeypatch.setattr(train.main, "connect_ray", no_ray)
+    extra = [override] + (["data.train_short_side=[512, 600]", "data.eval_short_side=512"] if key == "data.crop" else [])
+    assert main(args(store, mlflow_server, tmp_path, *extra)) == 2
+    assert f"'{key}'" in capsys.readouterr().err

@@ -1,0 +1,71 @@
+"""Training state on disk: one ``state.pt`` per checkpoint directory, and models rebuilt from it.
+
+    state = load_state("s3://bucket/runs/k400-cost_b/checkpoint_2026-11-24_10-00-00.000000")
+    model = model_from_state(state)            # the trained network, in eval mode
+
+A state holds the model's and optimizer's and scheduler's state dicts, the position in training
+(``epoch``, ``epoch_step``, ``step``), the resolved config and the class names. Torch's RNG is
+not stored: every worker re-seeds it from (seed, rank, step) when it starts, so a resumed run
+draws the same dropout masks on every worker as an uninterrupted one would from that step.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import fsspec
+import torch
+
+from train.config import from_dict
+from train.models import VideoResNet, build_model
+from train.settings import ModelConfig, TrainConfig
+
+STATE_FILE = "state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that holds no usable training state."""
+
+
+def save_state(directory: str | os.PathLike, state: dict) -> Path:
+    path = Path(directory) / STATE_FILE
+    torch.save(state, path)
+    return path
+
+
+def load_state(source, storage_options: dict | None = None) -> dict:
+    """From a ``ray.train.Checkpoint``, a checkpoint directory or a ``state.pt`` file (local or s3://)."""
+    if hasattr(source, "as_directory"):  # ray.train.Checkpoint
+        with source.as_directory() as d:
+            return load_state(d)
+    url = str(source).rstrip("/")
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    if fs.isdir(path):
+        path = f"{path}/{STATE_FILE}"
+    if not fs.exists(path):
+        raise CheckpointError(f"{url}: no {STATE_FILE} there; give a checkpoint directory of a training run "
+                              f"or its {STATE_FILE}")
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises several types for a damaged file
+        raise CheckpointError(f"{url}: cannot read {STATE_FILE}: {e}") from e
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"{url}: {STATE_FILE} is not a training state of this project")
+    return state
+
+
+def make_model(cfg: ModelConfig, num_classes: int) -> VideoResNet:
+    return build_model(cfg.arch, depth=cfg.depth, num_classes=num_classes, blocks=cfg.blocks, width=cfg.width,
+                       pool1_t=cfg.pool1_t, pool2=cfg.pool2, dropout=cfg.dropout, cost_impl=cfg.cost_impl,
+                       frozen_bn=cfg.frozen_bn)
+
+
+def model_from_state(state: dict) -> VideoResNet:
+    cfg = from_dict(TrainConfig, state["config"])
+    model = make_model(cfg.model, len(state["classes"]))
+    model.load_state_dict(state["model"])
+    return model.eval()

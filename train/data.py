@@ -1,0 +1,133 @@
+"""Clips from the frame store: pure cutting functions, and the Ray Data pipelines that run them.
+
+Training: an epoch reads every store row once. A row holds one temporal phase of a video (every
+``stride``-th frame), so ``frames`` consecutive entries of a row are one paper clip (64-frame
+window, every 8th frame); a row yields floor(len/frames) non-overlapping clips at a random offset
+(at least one; a short video loops). An epoch thus uses every stored frame once. Each worker
+mixes the clips in a local shuffle buffer, so a batch does not hold clips of one video.
+
+Randomness is reproducible: a row's clips and crops come from an RNG seeded by (seed, epoch,
+video, phase), whichever task and node handles it; the shuffle buffer is seeded per
+(seed, epoch, worker). (The arrival order of streamed blocks is not fixed, so batches' make-up
+can differ between runs; the clips themselves do not.)
+
+Evaluation: per video, ``clips`` windows spread uniformly over the stored frames (paper: 10),
+each at ``eval_short_side`` with 1 or 3 crops; every phase row of the video is read.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.store import Store, read_table
+from train.augment import apply_view, decode, eval_views, train_view
+from train.sampling import eval_clip_indices, row_clip_positions
+from train.settings import DataConfig
+
+TRAIN_COLUMNS = ["video_id", "label", "phase", "height", "width", "frames"]
+EVAL_COLUMNS = ["video_id", "label", "phase", "num_phases", "height", "width", "frames"]
+
+
+def row_rng(seed: int, epoch: int, video_id: str, phase: int, resumed_at: int = 0) -> np.random.Generator:
+    """``resumed_at``: the step an epoch resumed from, so the rest of a resumed epoch draws anew."""
+    return np.random.default_rng([seed, epoch, resumed_at, zlib.crc32(video_id.encode()), phase])
+
+
+def row_clips(jpegs: list[bytes], height: int, width: int, rng: np.random.Generator, cfg: DataConfig) -> np.ndarray:
+    """(k, T, crop, crop, 3) uint8 training clips cut from one phase row, each with its own view."""
+    positions = row_clip_positions(len(jpegs), rng, frames=cfg.frames)  # (k, T)
+    needed = np.unique(positions)
+    decoded = decode([jpegs[i] for i in needed], fast=True)
+    lookup = np.searchsorted(needed, positions)
+    out = np.empty((len(positions), cfg.frames, cfg.crop, cfg.crop, 3), np.uint8)
+    for c, idx in enumerate(lookup):
+        view = train_view(rng, height, width, short_side=cfg.train_short_side, crop=cfg.crop)
+        out[c] = apply_view(decoded[idx], view, cfg.crop)
+    return out
+
+
+def video_clips(rows: dict[int, list[bytes]], num_phases: int, height: int, width: int, *, frames: int,
+                clips: int, crops: int, short_side: int, crop: int) -> np.ndarray:
+    """(clips * crops, T, crop, crop, 3): the test protocol's views of one video, from its phase rows
+    ``{phase: jpegs}``. Stored frame j sits in row j % num_phases at entry j // num_phases."""
+    n = sum(len(v) for v in rows.values())
+    positions = eval_clip_indices(n, frames=frames, stride=num_phases, clips=clips)  # (clips, T)
+    needed = np.unique(positions)
+    decoded = decode([rows[j % num_phases][j // num_phases] for j in needed])
+    lookup = np.searchsorted(needed, positions)
+    views = eval_views(height, width, short_side=short_side, crop=crop, crops=crops)
+    return np.stack([apply_view(decoded[idx], v, crop) for idx in lookup for v in views])
+
+
+# ------------------------------------------------------------------ Ray Data wiring
+
+
+def _cut_rows(batch: pa.Table, cfg: DataConfig, seed: int, epoch: int, resumed_at: int) -> dict[str, np.ndarray]:
+    clips, labels = [], []
+    for r in batch.to_pylist():
+        rng = row_rng(seed, epoch, r["video_id"], r["phase"], resumed_at)
+        cut = row_clips(r["frames"], r["height"], r["width"], rng, cfg)
+        clips.append(cut)
+        labels += [r["label"]] * len(cut)
+    return {"clip": np.concatenate(clips), "label": np.asarray(labels, np.int64)}
+
+
+def train_dataset(store: Store, cfg: DataConfig, *, seed: int, epoch: int, resumed_at: int = 0):  # -> ray.data.Dataset
+    """One epoch of augmented training clips: columns ``clip`` (T, H, W, 3) uint8 and ``label``."""
+    ds = store.dataset(cfg.train_split, columns=TRAIN_COLUMNS).randomize_block_order(seed=seed * 100_003 + epoch)
+    return ds.map_batches(_cut_rows, fn_kwargs=dict(cfg=cfg, seed=seed, epoch=epoch, resumed_at=resumed_at),
+                          batch_size=cfg.rows_per_task,
+                          batch_format="pyarrow", num_cpus=cfg.loader_cpus)
+
+
+def _shard_videos(batch: dict[str, np.ndarray], cfg: DataConfig, storage_options: dict, clips: int,
+                  crops: int) -> Iterator[dict[str, np.ndarray]]:
+    for url in batch["url"]:
+        table = read_table(str(url), storage_options, columns=EVAL_COLUMNS)
+        by_video: dict[str, list[dict]] = {}
+        for r in table.to_pylist():
+            by_video.setdefault(r["video_id"], []).append(r)
+        for video_id, rows in by_video.items():
+            first = rows[0]
+            views = video_clips({r["phase"]: r["frames"] for r in rows}, first["num_phases"], first["height"],
+                                first["width"], frames=cfg.frames, clips=clips, crops=crops,
+                                short_side=cfg.eval_short_side, crop=cfg.crop)
+            yield {"video_id": np.array([video_id]), "label": np.array([first["label"]], np.int64),
+                   "clips": views[None]}
+
+
+def eval_dataset(store: Store, split: str, cfg: DataConfig, *, clips: int, crops: int = 1):  # -> ray.data.Dataset
+    """One row per video: ``video_id``, ``label`` and ``clips`` (clips * crops, T, H, W, 3) uint8."""
+    import ray.data
+
+    urls = store.shard_urls(split)
+    ds = ray.data.from_items([{"url": u} for u in urls], override_num_blocks=len(urls))
+    return ds.map_batches(_shard_videos, batch_size=1, num_cpus=cfg.loader_cpus,
+                          fn_kwargs=dict(cfg=cfg, storage_options=store.storage_options, clips=clips, crops=crops))
+
+
+def clips_per_epoch(store: Store, split: str, frames: int) -> int:
+    """Training clips one epoch yields: sum over rows of max(1, len // frames); reads one small column."""
+    total = 0
+    for url in store.shard_urls(split):
+        lengths = pc.list_value_length(read_table(url, store.storage_options, columns=["frame_index"])
+                                       .column("frame_index"))
+        total += pc.sum(pc.max_element_wise(pc.divide(lengths, frames), 1)).as_py() or 0
+    return total
+
+
+def split_iterator(make_dataset, rank: int, world: int, *, equal: bool):  # -> ray.data.DataIterator
+    """This worker's part of a dataset built by rank 0 for this pass (the epoch is known then, so
+    it can seed the pipeline): rank 0 splits it and broadcasts the split iterators to the group."""
+    if world == 1:
+        return make_dataset().iterator()
+    import torch.distributed as dist
+
+    box = [make_dataset().streaming_split(world, equal=equal)] if rank == 0 else [None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0][rank]

@@ -1,0 +1,254 @@
+"""What each Ray Train worker runs: ``TorchTrainer(train_loop, train_loop_config=...)``.
+
+One loop for CPU and GPU, one worker or many (DDP). Per step: a batch of augmented clips from
+this worker's split of the epoch's Ray Data stream, forward (bf16 autocast on GPU), backward,
+gradient clipping, SGD. Every ``log_every`` steps rank 0 logs metrics to MLflow and prints a
+progress line; every ``checkpoint_every`` steps and at each epoch end rank 0 saves the training
+state through ``ray.train.report``; at each epoch end the single-clip validation runs, and after
+the last epoch the multi-clip test protocol. A restarted worker group (FailureConfig) and a
+re-run of the same run name both continue from the latest checkpoint.
+
+``eval_loop`` runs only the test protocol on a given checkpoint (``train/main.py --eval-only``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import time
+
+import ray.data
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.store import Store
+from train import tracking
+from train.augment import normalize
+from train.checkpoints import load_state, make_model, save_state
+from train.config import from_dict
+from train.data import split_iterator, train_dataset
+from train.evaluate import evaluate
+from train.models import load_2d_pretrained
+from train.settings import TrainConfig, storage_options
+
+
+class Worker:
+    """The per-worker setting: rank, device, store, autocast, and rank-0-only MLflow logging."""
+
+    def __init__(self, ctx: dict) -> None:
+        self.ctx = ctx
+        self.cfg = from_dict(TrainConfig, ctx["config"])
+        info = ray.train.get_context()
+        self.rank, self.world = info.get_world_rank(), info.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.store = Store(self.cfg.data.store, storage_options(self.cfg))
+        data_context = ray.data.DataContext.get_current()  # travels with the datasets rank 0 builds
+        data_context.enable_progress_bars = False
+        data_context.print_on_execution_start = False
+        cuda = self.device.type == "cuda"
+        # The loader's clips are channels-last already; DDP wants gradients in the model's own layout.
+        self.memory_format = torch.channels_last_3d if cuda and self.cfg.trainer.channels_last \
+            else torch.contiguous_format
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and self.cfg.trainer.precision == "bf16" \
+            else contextlib.nullcontext()
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.rank == 0:
+            tracking.log_metrics(self.ctx["tracking_uri"], self.ctx["run_id"], metrics, step)
+
+    def say(self, text: str) -> None:
+        if self.rank == 0:  # not print(): Ray Train's patched print would show the line twice
+            sys.stdout.write(f"[train] {text}\n")
+            sys.stdout.flush()
+
+    def test(self, model: nn.Module, step: int) -> dict[str, float]:
+        """The multi-clip test protocol; rank 0 logs the metrics and the per-video scores."""
+        d = self.cfg.data
+        split = d.test_split or d.val_split
+        scores = evaluate(model, self.store, split, self.cfg, clips=d.test_clips, crops=d.test_crops,
+                          rank=self.rank, world=self.world, device=self.device, autocast=self.autocast)
+        metrics = scores.metrics("test")
+        self.log(metrics, step)
+        if self.rank == 0:
+            import pyarrow.parquet as pq
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "test_scores.parquet")
+                pq.write_table(scores.table(self.store.classes), path)
+                tracking.client(self.ctx["tracking_uri"]).log_artifact(self.ctx["run_id"], path)
+        self.say(f"test ({split}, {d.test_clips} clips x {d.test_crops} crops): top-1 {metrics['test_top1']:.4f} "
+                 f"top-5 {metrics['test_top5']:.4f} on {len(scores.labels)} videos")
+        return metrics
+
+
+def lr_factor(step: int, total: int, warmup: int, milestones: tuple[float, ...], gamma: float) -> float:
+    """Linear warm-up from 1/10 over ``warmup`` steps, then a step decay by ``gamma`` at each milestone."""
+    factor = gamma ** sum(step >= int(m * total) for m in milestones)
+    if step < warmup:
+        factor *= 0.1 + 0.9 * step / warmup
+    return factor
+
+
+def build(w: Worker, state: dict | None) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer,
+                                                   torch.optim.lr_scheduler.LRScheduler]:
+    """(model, the network to train: DDP-wrapped and maybe compiled, optimizer, scheduler)."""
+    cfg = w.cfg
+    model = make_model(cfg.model, len(w.store.classes))
+    if state is not None:
+        model.load_state_dict(state["model"])
+    elif cfg.model.finetune_from:
+        init_from_checkpoint(model, cfg.model.finetune_from, storage_options(cfg))
+    elif cfg.model.pretrained:
+        report = load_2d_pretrained(model, cfg.model.pretrained, inflate=cfg.model.inflate)
+        w.say(f"ImageNet initialisation from {cfg.model.pretrained}: {report.summary()}")
+    model = model.to(memory_format=w.memory_format)
+    net = ray.train.torch.prepare_model(model)
+    if cfg.trainer.compile:
+        net = torch.compile(net)
+    o, t = cfg.optim, cfg.trainer
+    lr = o.lr * t.batch_size * w.world / o.lr_batch
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    total = w.ctx["steps_per_epoch"] * t.epochs
+    warmup = int(o.warmup_epochs * w.ctx["steps_per_epoch"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, o.milestones, o.gamma))
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    return model, net, opt, sched
+
+
+def init_from_checkpoint(model: nn.Module, source: str, opts: dict) -> None:
+    """Fine-tuning: every weight from an earlier run's checkpoint; the classifier only if it fits."""
+    sd = load_state(source, opts)["model"]
+    if sd.get("fc.weight") is not None and sd["fc.weight"].shape != model.fc.weight.shape:
+        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    bad = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"model.finetune_from {source}: keys do not match this model: {', '.join(bad[:5])}")
+
+
+def maybe_fault(spec: str | None, rank: int, step: int, restored: bool) -> None:
+    """Test hook: ``COST_TRAIN_FAULT=kill:RANK:STEP`` in the driver's environment SIGKILLs that worker
+    at that step, in an attempt that did not start from a checkpoint (a restarted group goes on).
+    It waits first: Ray Train registers a reported checkpoint when its controller next polls the
+    workers (every 2 s), and a checkpoint reported just before a failure is not yet one to resume from."""
+    if spec and spec.startswith("kill:") and not restored:
+        _, r, s = spec.split(":")
+        if rank == int(r) and step == int(s):
+            time.sleep(5)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train_loop(ctx: dict) -> None:
+    w = Worker(ctx)
+    cfg, t = w.cfg, w.cfg.trainer
+    checkpoint = ray.train.get_checkpoint()
+    state = load_state(checkpoint) if checkpoint else None
+    model, net, opt, sched = build(w, state)
+    steps_per_epoch = ctx["steps_per_epoch"]
+    total = steps_per_epoch * t.epochs
+    epoch, epoch_step, step = (state["epoch"], state["epoch_step"], state["step"]) if state else (0, 0, 0)
+    val = dict(state.get("val", {})) if state else {}
+    torch.manual_seed(hash((t.seed, w.rank, step)) % 2**31)
+    if state:
+        w.say(f"resumed from checkpoint at epoch {epoch + 1}, step {step}")
+
+    def report(checkpoint: bool, extra: dict | None = None) -> None:
+        metrics = {"epoch": epoch, "step": step, "val_top1": val.get("val_top1", -1.0), **(extra or {})}
+        if not (checkpoint and w.rank == 0):
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            save_state(d, dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                               epoch=epoch, epoch_step=epoch_step, step=step, val=val, config=ctx["config"],
+                               classes=w.store.classes))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    stop_at = ctx.get("stop_at_epoch")
+    while epoch < t.epochs and not (stop_at and epoch >= stop_at):
+        started, window_start, waited, losses = time.monotonic(), time.monotonic(), 0.0, []
+        it = split_iterator(lambda: train_dataset(w.store, cfg.data, seed=t.seed, epoch=epoch,
+                                                  resumed_at=epoch_step), w.rank, w.world, equal=True)
+        batches = it.iter_torch_batches(batch_size=t.batch_size, drop_last=True, device=w.device,
+                                        local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+                                        local_shuffle_seed=hash((t.seed, epoch, epoch_step, w.rank)) % 2**31)
+        net.train()
+        fetch = time.monotonic()
+        for batch in batches:
+            if epoch_step >= steps_per_epoch:
+                break
+            waited += time.monotonic() - fetch
+            x = normalize(batch["clip"], cfg.data.mean, cfg.data.std).contiguous(memory_format=w.memory_format)
+            with w.autocast:
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), batch["label"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.clip_grad:
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.clip_grad)
+            opt.step()
+            sched.step()
+            step, epoch_step = step + 1, epoch_step + 1
+            losses.append(loss.detach())
+            maybe_fault(ctx.get("fault"), w.rank, step, state is not None)
+            if step % t.log_every == 0 or epoch_step == steps_per_epoch:
+                window_loss = mean_over_workers(torch.stack(losses[-t.log_every:]).mean(), w.world)
+                now = time.monotonic()
+                seconds = now - window_start
+                n = min(t.log_every, len(losses))
+                metrics = {"loss": window_loss, "lr": sched.get_last_lr()[0],
+                           "clips_per_s": n * t.batch_size * w.world / seconds, "data_wait": waited / seconds}
+                if w.device.type == "cuda":
+                    metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                w.log(metrics, step)
+                eta = (total - step) * seconds / n
+                w.say(f"epoch {epoch + 1}/{t.epochs} step {step}/{total} loss {window_loss:.4f} "
+                      f"lr {metrics['lr']:.2e} {metrics['clips_per_s']:.1f} clips/s data wait "
+                      f"{metrics['data_wait']:.0%} eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+                window_start, waited = now, 0.0
+            if step % t.checkpoint_every == 0 and epoch_step < steps_per_epoch:
+                report(checkpoint=True)
+            fetch = time.monotonic()
+        if epoch_step < steps_per_epoch:
+            w.say(f"epoch {epoch + 1} ended after {epoch_step} of {steps_per_epoch} steps: the stream ran short")
+        train_loss = mean_over_workers(torch.stack(losses).mean(), w.world) if losses else float("nan")
+        scores = evaluate(model, w.store, cfg.data.val_split, cfg, clips=1, crops=1, rank=w.rank, world=w.world,
+                          device=w.device, autocast=w.autocast)
+        val = scores.metrics("val")
+        epoch, epoch_step = epoch + 1, 0
+        w.log({"epoch": epoch, "train_loss": train_loss, "epoch_seconds": time.monotonic() - started, **val}, step)
+        w.say(f"epoch {epoch}/{t.epochs} done: train loss {train_loss:.4f}, val top-1 {val['val_top1']:.4f} "
+              f"top-5 {val['val_top5']:.4f} loss {val['val_loss']:.4f} ({len(scores.labels)} videos)")
+        report(checkpoint=True)
+    if epoch >= t.epochs and t.test_at_end:
+        report(checkpoint=False, extra=w.test(model, step))
+
+
+def mean_over_workers(value: torch.Tensor, world: int) -> float:
+    if world > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= world
+    return float(value)
+
+
+def eval_loop(ctx: dict) -> None:
+    """Only the test protocol, on the checkpoint ``ctx['checkpoint']``."""
+    w = Worker(ctx)
+    state = load_state(ctx["checkpoint"], storage_options(w.cfg))
+    model = make_model(w.cfg.model, len(state["classes"]))
+    model.load_state_dict(state["model"])
+    model = model.to(w.device)
+    if state["classes"] != w.store.classes:
+        raise ValueError(f"the checkpoint's classes differ from the store {w.store.url}'s")
+    ray.train.report(w.test(model, state["step"]))
+

@@ -1,0 +1,196 @@
+"""Train C2D / C3D / CoST(a) / CoST(b) video ResNets on a frame store with Ray Train, tracked in MLflow.
+
+    python train/main.py --config configs/tiny_synthetic.yaml data.store=demo-output/store
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python train/main.py --config configs/kinetics400_r50_8f.yaml model.arch=cost_b name=k400-cost_b
+    python train/main.py --eval-only --checkpoint RUNS/NAME/checkpoint_... [key=value ...]
+
+The same command runs on a laptop CPU (a local Ray instance is started if none is running) and on
+a multi-node GPU cluster (``trainer.num_workers=8 trainer.use_gpu=true``). Every setting is checked
+against the store before Ray starts. Running a name again resumes it from its latest checkpoint;
+``--stop-at-epoch N`` ends a run cleanly after epoch N, to be resumed later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
+from pipeline.prepare import connect_ray, git_commit  # noqa: E402
+from pipeline.store import Store, StoreError  # noqa: E402
+from train import tracking  # noqa: E402
+from train.config import ConfigError, apply_override, flatten, from_dict, load_config, to_dict, to_yaml  # noqa: E402
+from train.settings import TrainConfig, check_against_store, check_values, storage_options  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="a YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. trainer.epochs=2")
+    p.add_argument("--eval-only", action="store_true", help="run the test protocol on --checkpoint, no training")
+    p.add_argument("--checkpoint", help="with --eval-only: a checkpoint directory (or its state.pt)")
+    p.add_argument("--stop-at-epoch", type=int, default=None, help="end cleanly after this epoch (resumable)")
+    p.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, a running one, "
+                                                   "or a new local one)")
+    p.add_argument("--num-cpus", type=int, default=0, help="CPUs of a local Ray instance started here")
+    args = p.parse_args(argv)
+    if args.eval_only != bool(args.checkpoint):
+        p.error("--eval-only and --checkpoint go together")
+    if not args.config and not args.eval_only:
+        p.error("--config is required for training")
+    return args
+
+
+def resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
+    """(config, checkpoint state for --eval-only): the config is the checkpoint's with the
+    command line's file and overrides on top."""
+    state = None
+    if args.eval_only:
+        from train.checkpoints import CheckpointError, load_state
+
+        endpoint = [o.partition("=")[2] for o in args.overrides if o.startswith("data.s3_endpoint=")]
+        try:
+            state = load_state(args.checkpoint, {"client_kwargs": {"endpoint_url": endpoint[-1]}} if endpoint else {})
+        except CheckpointError as e:
+            raise ConfigError(f"--checkpoint: {e}") from None
+        data = state["config"]
+        if args.config:
+            data = to_dict(load_config(TrainConfig, args.config))
+        for item in args.overrides:
+            apply_override(TrainConfig, data, item)
+        return from_dict(TrainConfig, data), state
+    return load_config(TrainConfig, args.config, args.overrides), None
+
+
+def default_name(cfg: TrainConfig, store: Store) -> str:
+    m = cfg.model
+    size = f"r{m.depth}" if m.blocks is None else "b" + "".join(map(str, m.blocks))
+    return f"{store.manifest['dataset']}-{m.arch}-{size}-{cfg.data.frames}f-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_config(cfg: TrainConfig, name: str):
+    import ray.train
+
+    t = cfg.trainer
+    path, fs = t.storage_path, None
+    if path.startswith("s3://") and cfg.data.s3_endpoint:
+        from pyarrow.fs import S3FileSystem
+
+        scheme, _, host = cfg.data.s3_endpoint.partition("://")
+        fs, path = S3FileSystem(endpoint_override=host, scheme=scheme), path[len("s3://"):]
+    elif "://" not in path:
+        path = os.path.abspath(os.path.expanduser(path))
+    return ray.train.RunConfig(
+        name=name, storage_path=path, storage_filesystem=fs,
+        failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints,
+                                                     checkpoint_score_attribute="val_top1",
+                                                     checkpoint_score_order="max"))
+
+
+def log_model(uri: str, run_id: str, checkpoint) -> None:
+    """The best checkpoint's network as an MLflow PyTorch model of the run (``runs:/RUN/model``)."""
+    import mlflow
+    import torch
+
+    from train.checkpoints import load_state, model_from_state
+
+    state = load_state(checkpoint)
+    model = model_from_state(state)
+    d = state["config"]["data"]
+    example = torch.zeros(1, 3, d["frames"], d["crop"], d["crop"]).numpy()
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        # Pickled with the model code beside it, so `mlflow.pytorch.load_model` needs no checkout.
+        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", input_example=example,
+                                 code_paths=[str(Path(__file__).resolve().parent)],
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg, state = resolve(args)
+        check_values(cfg)
+        try:
+            store = Store(cfg.data.store, storage_options(cfg))
+        except (StoreError, OSError) as e:
+            raise ConfigError(f"config key 'data.store': {e}") from None
+        check_against_store(cfg, store)
+        from train.data import clips_per_epoch
+
+        clips = clips_per_epoch(store, cfg.data.train_split, cfg.data.frames)
+        steps_per_epoch = clips // cfg.trainer.num_workers // cfg.trainer.batch_size
+        if steps_per_epoch < 1 and not args.eval_only:
+            raise ConfigError(f"config key 'trainer.batch_size': an epoch of the store's {clips} training clips "
+                              f"gives {cfg.trainer.num_workers} workers no full batch of {cfg.trainer.batch_size}")
+        name = cfg.name or default_name(cfg, store)
+        if args.eval_only:
+            name = f"{state['config'].get('name') or 'checkpoint'}-eval-{time.strftime('%Y%m%d-%H%M%S')}"
+        uri = tracking.tracking_uri(cfg)
+        m = cfg.model
+        tags = {"arch": m.arch, "depth": str(m.depth), "frames": str(cfg.data.frames),
+                "dataset": store.manifest["dataset"], "store": store.url,
+                "store_fingerprint": store.manifest["input_fingerprint"], "git_commit": git_commit() or "unknown",
+                "mode": "eval" if args.eval_only else "train"}
+        run_id, resumed = tracking.open_run(uri, cfg, name, flatten(cfg), tags, to_yaml(cfg))
+    except ConfigError as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 2
+    print(f"[train] run {name!r} ({'resuming' if resumed else 'new'}), MLflow {uri} run {run_id}; "
+          f"{clips} clips per epoch, {steps_per_epoch} steps per epoch on {cfg.trainer.num_workers} workers",
+          flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `ray job stop`: end the MLflow run as KILLED
+    status = "FAILED"
+    started_here = False
+    try:
+        import ray.train
+        from ray.train.torch import TorchTrainer
+
+        from train.loop import eval_loop, train_loop
+
+        started_here = connect_ray(args.address, args.num_cpus, log_to_driver=True)
+        ctx = dict(config=to_dict(cfg), run_id=run_id, tracking_uri=uri, steps_per_epoch=steps_per_epoch,
+                   stop_at_epoch=args.stop_at_epoch, checkpoint=args.checkpoint,
+                   fault=os.environ.get("COST_TRAIN_FAULT"))
+        t = cfg.trainer
+        trainer = TorchTrainer(eval_loop if args.eval_only else train_loop, train_loop_config=ctx,
+                               scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                                                      resources_per_worker={"CPU": t.cpus_per_worker}),
+                               run_config=run_config(cfg, name))
+        result = trainer.fit()
+        epoch = int(result.metrics.get("epoch", 0)) if result.metrics else 0
+        if not args.eval_only and epoch < t.epochs:
+            status = "KILLED"
+            print(f"[train] stopped after epoch {epoch} of {t.epochs}; run again with name={name} to continue")
+            return 0
+        if not args.eval_only:
+            best = result.get_best_checkpoint("val_top1", "max") or result.checkpoint
+            tracking.client(uri).set_tag(run_id, "best_checkpoint", best.path)
+            if cfg.tracking.log_model:
+                log_model(uri, run_id, best)
+            print(f"[train] done: best checkpoint {best.path}")
+        status = "FINISHED"
+        return 0
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except SystemExit as e:
+        status = "KILLED" if e.code == 143 else status
+        raise
+    finally:
+        tracking.close_run(uri, run_id, status)
+        if started_here:
+            import ray
+
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The training config (what `configs/*.yaml` hold) and its checks against a frame store.
+
+    cfg = load_config(TrainConfig, "configs/kinetics400_r50_8f.yaml", ["model.arch=cost_a"])
+    check_against_store(cfg, Store(cfg.data.store, storage_options(cfg)))
+
+Every check here runs in the driver before Ray starts, so a bad value costs seconds, not a
+cluster start, and the message names the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from train.config import ConfigError
+
+HOME = os.path.expanduser(os.environ.get("COST_HOME", "~/cost-on-ray"))
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    store: str  # frame store written by pipeline/prepare.py: a local path or s3://bucket/prefix
+    s3_endpoint: str | None = None  # an S3-compatible server instead of AWS
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str | None = None  # the multi-clip test protocol's split (default: val_split)
+    frames: int = 8  # frames per clip
+    stride: int = 8  # source frames between clip frames; the store must be prepared with this --stride
+    train_short_side: tuple[int, int] = (256, 320)  # short side drawn uniformly from this range
+    eval_short_side: int = 256
+    crop: int = 224
+    test_clips: int = 10
+    test_crops: Literal[1, 3] = 1  # 1: centre crop (fully-convolutional protocol); 3: three crops
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    shuffle_buffer: int = 512  # clips mixed in each worker's local shuffle buffer
+    rows_per_task: int = 4  # store rows per Ray Data map call (each row yields several clips)
+    loader_cpus: float = 1.0  # CPUs a Ray Data decode task asks for
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    arch: Literal["c2d", "c3d", "cost_a", "cost_b"] = "cost_b"
+    depth: Literal[50, 101] = 50
+    blocks: tuple[int, ...] | None = None  # per-stage units instead of depth (small models)
+    width: int = 64
+    pool1_t: Literal[1, 3] = 3
+    pool2: bool = True
+    dropout: float = 0.5
+    cost_impl: Literal["auto", "views", "composed"] = "auto"
+    pretrained: str | None = None  # ImageNet 2D ResNet state dict (torchvision names) to inflate from
+    inflate: Literal["mean", "center"] = "mean"
+    finetune_from: str | None = None  # a checkpoint of this project to start from (classifier re-made)
+    frozen_bn: bool = False  # BatchNorm statistics and affine frozen (fine-tuning)
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 0.005  # for `lr_batch` clips; scaled linearly with the global batch
+    lr_batch: int = 8
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of all steps where lr drops by gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up from lr/10
+    clip_grad: float | None = 40.0  # max gradient norm (the published code's value); null: off
+
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    epochs: int = 10  # an epoch uses every stored frame once (see train/data.py)
+    batch_size: int = 8  # clips per worker per step
+    num_workers: int = 1  # Ray Train workers (one per GPU)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on GPU; CPU always runs fp32
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 20  # steps between metric logs and progress lines
+    checkpoint_every: int = 1000  # steps between checkpoints (and one at each epoch end)
+    keep_checkpoints: int = 3  # best by val top-1; the latest is always kept too
+    max_failures: int = 3  # worker-group restarts from the latest checkpoint
+    test_at_end: bool = True  # run the multi-clip test protocol after the last epoch
+    storage_path: str = os.path.join(HOME, "runs")  # checkpoints: a shared path or s3:// on a cluster
+
+
+@dataclass(kw_only=True)
+class TrackingConfig:
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else a SQLite store under ~/cost-on-ray
+    experiment: str = "cost"
+    log_model: bool = True
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    name: str | None = None  # the run's name; running a name again resumes it (default: from the settings)
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def storage_options(cfg: TrainConfig) -> dict:
+    return {"client_kwargs": {"endpoint_url": cfg.data.s3_endpoint}} if cfg.data.s3_endpoint else {}
+
+
+def check_values(cfg: TrainConfig) -> None:
+    """Value ranges the types cannot say."""
+    d, t, o = cfg.data, cfg.trainer, cfg.optim
+    positive = {"data.frames": d.frames, "data.stride": d.stride, "data.crop": d.crop,
+                "data.eval_short_side": d.eval_short_side, "data.test_clips": d.test_clips,
+                "data.rows_per_task": d.rows_per_task, "trainer.epochs": t.epochs,
+                "trainer.batch_size": t.batch_size, "trainer.num_workers": t.num_workers,
+                "trainer.log_every": t.log_every, "trainer.checkpoint_every": t.checkpoint_every,
+                "trainer.keep_checkpoints": t.keep_checkpoints, "optim.lr_batch": o.lr_batch}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
+    lo, hi = d.train_short_side
+    if not d.crop <= lo <= hi:
+        raise ConfigError(f"config key 'data.train_short_side' must be a range [lo, hi] with "
+                          f"data.crop ({d.crop}) <= lo <= hi, got {list(d.train_short_side)}")
+    if d.eval_short_side < d.crop:
+        raise ConfigError(f"config key 'data.eval_short_side' ({d.eval_short_side}) must be >= data.crop ({d.crop})")
+    if not all(0 < m < 1 for m in o.milestones) or list(o.milestones) != sorted(o.milestones):
+        raise ConfigError(f"config key 'optim.milestones' must be increasing fractions in (0, 1), "
+                          f"got {list(o.milestones)}")
+    if t.cpus_per_worker <= 0 or d.loader_cpus <= 0:
+        raise ConfigError("config keys 'trainer.cpus_per_worker' and 'data.loader_cpus' must be > 0")
+    if d.shuffle_buffer < 0 or t.max_failures < -1:
+        raise ConfigError("config key 'data.shuffle_buffer' must be >= 0 and 'trainer.max_failures' >= -1")
+
+
+def check_against_store(cfg: TrainConfig, store) -> None:  # store: pipeline.store.Store
+    """The store holds the splits, the stride and the frame size this config asks for."""
+    params = store.manifest["params"]
+    d = cfg.data
+    if d.stride != params["stride"]:
+        raise ConfigError(f"config key 'data.stride' is {d.stride} but the store {store.url} was prepared with "
+                          f"--stride {params['stride']} (its rows group frames by that stride): set "
+                          f"data.stride={params['stride']} or prepare a store with --stride {d.stride}")
+    for key in ("train_split", "val_split", "test_split"):
+        split = getattr(d, key)
+        if split is not None and split not in store.manifest["splits"]:
+            raise ConfigError(f"config key 'data.{key}': the store {store.url} has no split {split!r}; "
+                              f"it has {', '.join(store.splits)}")
+    if params["short_side"] < d.crop:
+        raise ConfigError(f"config key 'data.crop' ({d.crop}) is larger than the store's frames (short side "
+                          f"{params['short_side']}): lower data.crop or prepare with a larger --short-side")

@@ -1,0 +1,84 @@
+"""MLflow tracking of a training run: the driver opens and closes the run, rank 0 logs into it.
+
+The run is found again by its name (tag ``cost.run_name``), so re-running a name resumes the same
+MLflow run, with its metrics continuing at the same step numbers. Its settings must not change
+between attempts: the resolved config is the run's record. The driver marks the run FINISHED,
+KILLED (stopped on request, resumable) or FAILED; it is never left RUNNING by a crash that the
+driver survives.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Mapping
+
+from train.config import ConfigError
+from train.settings import HOME, TrainConfig
+
+NAME_TAG = "cost.run_name"
+
+
+def tracking_uri(cfg: TrainConfig) -> str:
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    os.makedirs(HOME, exist_ok=True)
+    return f"sqlite:///{os.path.join(HOME, 'mlflow.db')}"
+
+
+@functools.lru_cache(maxsize=4)
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    # A local SQLite store keeps artifacts beside it, not in whatever folder the job runs in.
+    location = f"file://{os.path.join(HOME, 'mlartifacts')}" if uri.startswith("sqlite:") else None
+    return c.create_experiment(name, artifact_location=location)
+
+
+def open_run(uri: str, cfg: TrainConfig, name: str, params: Mapping[str, object], tags: Mapping[str, str],
+             config_yaml: str) -> tuple[str, bool]:
+    """(run id, resumed): the run named ``name``, created with params, tags and config.yaml if new."""
+    c = client(uri)
+    exp = experiment_id(uri, cfg.tracking.experiment)
+    found = c.search_runs([exp], filter_string=f"tags.`{NAME_TAG}` = '{name}'", max_results=1)
+    if found:
+        run = found[0]
+        if run.info.status == "FINISHED":
+            raise ConfigError(f"config key 'name': run {name!r} already finished in experiment "
+                              f"{cfg.tracking.experiment!r}; choose another name to train again")
+        old = run.data.params
+        changed = sorted(k for k, v in params.items() if k in old and old[k] != str(v)[:6000])
+        if changed:
+            raise ConfigError(f"config key 'name': run {name!r} exists with other settings ({', '.join(changed)}); "
+                              "resume it with the same settings, or choose another name")
+        c.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id, True
+    run = c.create_run(exp, run_name=name, tags={NAME_TAG: name, **tags})
+    items = list(params.items())
+    for i in range(0, len(items), 100):  # MLflow's limit per batch
+        from mlflow.entities import Param
+
+        c.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in items[i:i + 100]])
+    c.log_text(run.info.run_id, config_yaml, "config.yaml")
+    return run.info.run_id, False
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def close_run(uri: str, run_id: str, status: str) -> None:
+    client(uri).set_terminated(run_id, status=status)
