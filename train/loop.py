@@ -14,6 +14,7 @@ re-run of the same run name both continue from the latest checkpoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -176,8 +177,8 @@ def train_loop(ctx: dict) -> None:
     stop_at = ctx.get("stop_at_epoch")
     while epoch < t.epochs and not (stop_at and epoch >= stop_at):
         started, window_start, waited, losses = time.monotonic(), time.monotonic(), 0.0, []
-        it = split_iterator(lambda: train_dataset(w.store, cfg.data, seed=t.seed, epoch=epoch,
-                                                  resumed_at=epoch_step), w.rank, w.world, equal=True)
+        it = split_iterator(functools.partial(train_dataset, w.store, cfg.data, seed=t.seed, epoch=epoch,
+                                              resumed_at=epoch_step), w.rank, w.world, equal=True)
         batches = it.iter_torch_batches(batch_size=t.batch_size, drop_last=True, device=w.device,
                                         local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
                                         local_shuffle_seed=hash((t.seed, epoch, epoch_step, w.rank)) % 2**31)

@@ -26,7 +26,7 @@ from pipeline.prepare import connect_ray, git_commit  # noqa: E402
 from pipeline.store import Store, StoreError  # noqa: E402
 from train import tracking  # noqa: E402
 from train.config import ConfigError, apply_override, flatten, from_dict, load_config, to_dict, to_yaml  # noqa: E402
-from train.settings import TrainConfig, check_against_store, check_values, storage_options  # noqa: E402
+from train.settings import TrainConfig, check_against_store, check_files, check_values, storage_options  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -123,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (StoreError, OSError) as e:
             raise ConfigError(f"config key 'data.store': {e}") from None
         check_against_store(cfg, store)
+        check_files(cfg)
         from train.data import clips_per_epoch
 
         clips = clips_per_epoch(store, cfg.data.train_split, cfg.data.frames)

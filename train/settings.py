@@ -58,7 +58,7 @@ class ModelConfig:
 @dataclass(kw_only=True)
 class OptimConfig:
     lr: float = 0.005  # for `lr_batch` clips; scaled linearly with the global batch
-    lr_batch: int = 8
+    lr_batch: int = 32  # the paper: 0.005 for its synchronous batch of 32 clips (4 GPUs x 8)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of all steps where lr drops by gamma
@@ -150,3 +150,13 @@ def check_against_store(cfg: TrainConfig, store) -> None:  # store: pipeline.sto
     if params["short_side"] < d.crop:
         raise ConfigError(f"config key 'data.crop' ({d.crop}) is larger than the store's frames (short side "
                           f"{params['short_side']}): lower data.crop or prepare with a larger --short-side")
+
+
+def check_files(cfg: TrainConfig) -> None:
+    """The weights a run starts from exist (local or s3://)."""
+    from pipeline.store import url_exists
+
+    for key in ("pretrained", "finetune_from"):
+        path = getattr(cfg.model, key)
+        if path and not url_exists(path, storage_options(cfg)):
+            raise ConfigError(f"config key 'model.{key}': {path} does not exist")

@@ -68,7 +68,8 @@ def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path):
     assert {"config.yaml", "test_scores.parquet"} <= artifacts
     scores = pq.read_table(client.download_artifacts(rid, "test_scores.parquet", str(tmp_path))).to_pydict()
     assert len(scores["video_id"]) == 12 and len(scores["scores"][0]) == 4
-    assert np.isclose(np.mean(np.array(scores["predicted"]) == np.array(scores["label"])), run.data.metrics["test_top1"])
+    accuracy = np.mean(np.array(scores["predicted"]) == np.array(scores["label"]))
+    assert np.isclose(accuracy, run.data.metrics["test_top1"])
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pytorch.load_model(f"runs:/{rid}/model")
     assert model(torch.zeros(2, 3, 4, 48, 48)).shape == (2, 4)
@@ -77,7 +78,8 @@ def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path):
     # The test protocol again from the last checkpoint alone, on one worker: the same per-video scores.
     last = sorted((tmp_path / "runs" / "learn").glob("checkpoint_2*"))[-1]
     assert main(["--eval-only", "--checkpoint", str(last), f"tracking.uri={mlflow_server}",
-                 "tracking.experiment=tests", "trainer.num_workers=1", f"trainer.storage_path={tmp_path / 'runs'}"]) == 0
+                 "tracking.experiment=tests", "trainer.num_workers=1",
+                 f"trainer.storage_path={tmp_path / 'runs'}"]) == 0
     exp = client.get_experiment_by_name("tests")
     (ev,) = client.search_runs([exp.experiment_id], filter_string="tags.mode = 'eval'")
     assert ev.info.status == "FINISHED" and ev.data.metrics["test_videos"] == 12
@@ -135,12 +137,23 @@ def test_ray_job_submit(store, mlflow_server, ray_cluster, tmp_path):
     ("data.crop=512", "data.crop"),
     ("trainer.batch_size=100000", "trainer.batch_size"),
     ("optim.milestones=[0.8, 0.2]", "optim.milestones"),
+    ("model.pretrained=/nonexistent/resnet50.pth", "model.pretrained"),
 ])
 def test_bad_config_fails_before_ray_starts(store, mlflow_server, tmp_path, monkeypatch, capsys, override, key):
     def no_ray(*a, **k):
         raise AssertionError("Ray was started for a bad config")
 
     monkeypatch.setattr(train.main, "connect_ray", no_ray)
-    extra = [override] + (["data.train_short_side=[512, 600]", "data.eval_short_side=512"] if key == "data.crop" else [])
+    extra = [override]
+    if key == "data.crop":  # a crop the other sizes allow, but larger than the store's frames
+        extra += ["data.train_short_side=[512, 600]", "data.eval_short_side=512"]
     assert main(args(store, mlflow_server, tmp_path, *extra)) == 2
     assert f"'{key}'" in capsys.readouterr().err
+
+
+def test_a_crashing_run_is_marked_failed(store, mlflow_server, tmp_path):
+    bad = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(3, 3, 7, 7)}, bad)  # a 2D state dict of the wrong shape
+    with pytest.raises(Exception, match="conv1.weight"):
+        main(args(store, mlflow_server, tmp_path, "name=crash", f"model.pretrained={bad}", "trainer.max_failures=0"))
+    assert find_run(mlflow_server, "crash").info.status == "FAILED"

@@ -1,0 +1,32 @@
+"""The shipped configs load, pass the value checks and hold the paper's settings."""
+
+from pathlib import Path
+
+import pytest
+
+from train.config import ConfigError, load_config
+from train.settings import TrainConfig, check_values
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_loads_and_checks(path):
+    cfg = load_config(TrainConfig, path)
+    check_values(cfg)
+    if path.name.startswith(("kinetics400", "moments")):
+        o, d = cfg.optim, cfg.data
+        assert (o.lr, o.lr_batch, o.momentum, o.weight_decay, o.milestones) == (0.005, 32, 0.9, 1e-4, (0.5, 0.75))
+        assert (d.train_short_side, d.crop, d.eval_short_side, d.test_clips) == ((256, 320), 224, 256, 10)
+        depth, frames = path.stem.split("_")[1:]
+        assert cfg.model.depth == int(depth[1:]) and d.frames == int(frames[:-1])
+        span = {8: 64, 32: 128 if path.name.startswith("kinetics") else 64}[d.frames]  # paper section 4
+        assert d.frames * d.stride == span
+
+
+@pytest.mark.parametrize("override", ["data.frames=0", "data.train_short_side=[300, 200]",
+                                      "data.eval_short_side=100", "optim.milestones=[1.5]"])
+def test_value_checks_name_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        check_values(load_config(TrainConfig, None, ["data.store=s", override]))
