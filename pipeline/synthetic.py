@@ -75,6 +75,7 @@ class SyntheticSpec:
     seed: int = 0
     broken: bool = False
     splits: tuple[str, ...] = SPLITS
+    intra_only: bool = True  # every frame a keyframe; False: the encoder's usual long GOP, as in the wild
 
     def validate(self) -> None:
         if self.kind not in ("motion", "appearance"):
@@ -319,7 +320,7 @@ def generate(spec: SyntheticSpec, out: str | os.PathLike,
                 frames = motion_video(c // 2, bool(c % 2), rng, spec.height, spec.width, spec.frames)
             else:
                 frames = appearance_video(rec.label, rng, spec.height, spec.width, spec.frames)
-            write_video(path, frames, spec.fps)
+            write_video(path, frames, spec.fps, intra_only=spec.intra_only)
         if progress:
             progress(done, len(jobs))
     _write_annotations(out, spec.splits, [r for r, _, _ in jobs])

@@ -65,9 +65,11 @@ def eval_views(height: int, width: int, *, short_side: int = 256, crop: int = 22
     return [View(top, lf, side) for lf in (0, left, width - side)]
 
 
-def apply_view(frames: np.ndarray, view: View, size: int) -> np.ndarray:
-    """(T, H, W, 3) -> (T, size, size, 3): the view's region resized (bilinear), flipped if asked."""
-    out = np.empty((frames.shape[0], size, size, 3), np.uint8)
+def apply_view(frames: np.ndarray, view: View, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """(T, H, W, 3) -> (T, size, size, 3): the view's region resized (bilinear), flipped if asked;
+    written into ``out`` when given."""
+    if out is None:
+        out = np.empty((frames.shape[0], size, size, 3), np.uint8)
     for i, frame in enumerate(frames):
         region = frame[view.top:view.top + view.side, view.left:view.left + view.side]
         cv2.resize(region, (size, size), dst=out[i], interpolation=cv2.INTER_LINEAR)

@@ -20,13 +20,14 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 
+import fsspec
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline.store import Store, read_table
 from train.augment import apply_view, decode, eval_views, train_view
-from train.sampling import eval_clip_indices, row_clip_positions
+from train.sampling import clips_in_row, eval_clip_indices, row_clip_positions
 from train.settings import DataConfig
 
 TRAIN_COLUMNS = ["video_id", "label", "phase", "height", "width", "frames"]
@@ -38,16 +39,19 @@ def row_rng(seed: int, epoch: int, video_id: str, phase: int, resumed_at: int = 
     return np.random.default_rng([seed, epoch, resumed_at, zlib.crc32(video_id.encode()), phase])
 
 
-def row_clips(jpegs: list[bytes], height: int, width: int, rng: np.random.Generator, cfg: DataConfig) -> np.ndarray:
-    """(k, T, crop, crop, 3) uint8 training clips cut from one phase row, each with its own view."""
+def row_clips(jpegs: list[bytes], height: int, width: int, rng: np.random.Generator, cfg: DataConfig,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """(k, T, crop, crop, 3) uint8 training clips cut from one phase row, each with its own view
+    (k = ``clips_in_row``); written into ``out`` when given."""
     positions = row_clip_positions(len(jpegs), rng, frames=cfg.frames)  # (k, T)
     needed = np.unique(positions)
     decoded = decode([jpegs[i] for i in needed], fast=True)
     lookup = np.searchsorted(needed, positions)
-    out = np.empty((len(positions), cfg.frames, cfg.crop, cfg.crop, 3), np.uint8)
+    if out is None:
+        out = np.empty((len(positions), cfg.frames, cfg.crop, cfg.crop, 3), np.uint8)
     for c, idx in enumerate(lookup):
         view = train_view(rng, height, width, short_side=cfg.train_short_side, crop=cfg.crop)
-        out[c] = apply_view(decoded[idx], view, cfg.crop)
+        apply_view(decoded[idx], view, cfg.crop, out=out[c])
     return out
 
 
@@ -67,22 +71,43 @@ def video_clips(rows: dict[int, list[bytes]], num_phases: int, height: int, widt
 # ------------------------------------------------------------------ Ray Data wiring
 
 
-def _cut_rows(batch: pa.Table, cfg: DataConfig, seed: int, epoch: int, resumed_at: int) -> dict[str, np.ndarray]:
-    clips, labels = [], []
-    for r in batch.to_pylist():
-        rng = row_rng(seed, epoch, r["video_id"], r["phase"], resumed_at)
-        cut = row_clips(r["frames"], r["height"], r["width"], rng, cfg)
-        clips.append(cut)
-        labels += [r["label"]] * len(cut)
-    return {"clip": np.concatenate(clips), "label": np.asarray(labels, np.int64)}
+def _cut_shards(batch: dict[str, np.ndarray], cfg: DataConfig, storage_options: dict, seed: int, epoch: int,
+                resumed_at: int) -> Iterator[dict[str, np.ndarray]]:
+    """Stream a shard's rows, ``rows_per_task`` at a time, out as augmented clips."""
+    for url in batch["url"]:
+        fs, path = fsspec.core.url_to_fs(str(url), **storage_options)
+        with fs.open(path, "rb") as f:
+            for part in pq.ParquetFile(f).iter_batches(batch_size=cfg.rows_per_task, columns=TRAIN_COLUMNS):
+                rows = part.to_pylist()
+                counts = [clips_in_row(len(r["frames"]), cfg.frames) for r in rows]
+                clips = np.empty((sum(counts), cfg.frames, cfg.crop, cfg.crop, 3), np.uint8)
+                at = 0
+                for r, k in zip(rows, counts, strict=True):
+                    rng = row_rng(seed, epoch, r["video_id"], r["phase"], resumed_at)
+                    row_clips(r["frames"], r["height"], r["width"], rng, cfg, out=clips[at:at + k])
+                    at += k
+                yield {"clip": clips, "label": np.repeat([r["label"] for r in rows], counts).astype(np.int64)}
+
+
+def shard_dataset(urls: list[str]):  # -> ray.data.Dataset
+    """One row (and task) per shard URL."""
+    import ray.data
+
+    return ray.data.from_items([{"url": u} for u in urls], override_num_blocks=len(urls))
 
 
 def train_dataset(store: Store, cfg: DataConfig, *, seed: int, epoch: int, resumed_at: int = 0):  # -> ray.data.Dataset
-    """One epoch of augmented training clips: columns ``clip`` (T, H, W, 3) uint8 and ``label``."""
-    ds = store.dataset(cfg.train_split, columns=TRAIN_COLUMNS).randomize_block_order(seed=seed * 100_003 + epoch)
-    return ds.map_batches(_cut_rows, fn_kwargs=dict(cfg=cfg, seed=seed, epoch=epoch, resumed_at=resumed_at),
-                          batch_size=cfg.rows_per_task,
-                          batch_format="pyarrow", num_cpus=cfg.loader_cpus)
+    """One epoch of augmented training clips: columns ``clip`` (T, H, W, 3) uint8 and ``label``.
+    A task per shard, in an order shuffled per epoch; it streams its clips out as it cuts them."""
+    urls = store.shard_urls(cfg.train_split)
+    urls = [urls[i] for i in np.random.default_rng([seed, epoch, resumed_at]).permutation(len(urls))]
+    ds = shard_dataset(urls).map_batches(
+        _cut_shards, batch_size=1, num_cpus=cfg.loader_cpus,
+        fn_kwargs=dict(cfg=cfg, storage_options=store.storage_options, seed=seed, epoch=epoch, resumed_at=resumed_at))
+    # One operator: per-operator resource reservations (against starving others) only idle CPUs here;
+    # measured on 2 cores (bench/loader.py), they held the decode tasks to one at a time.
+    ds.context.op_resource_reservation_enabled = False
+    return ds
 
 
 def _shard_videos(batch: dict[str, np.ndarray], cfg: DataConfig, storage_options: dict, clips: int,
@@ -103,16 +128,12 @@ def _shard_videos(batch: dict[str, np.ndarray], cfg: DataConfig, storage_options
 
 def eval_dataset(store: Store, split: str, cfg: DataConfig, *, clips: int, crops: int = 1):  # -> ray.data.Dataset
     """One row per video: ``video_id``, ``label`` and ``clips`` (clips * crops, T, H, W, 3) uint8."""
-    import ray.data
-
-    urls = store.shard_urls(split)
-    ds = ray.data.from_items([{"url": u} for u in urls], override_num_blocks=len(urls))
-    return ds.map_batches(_shard_videos, batch_size=1, num_cpus=cfg.loader_cpus,
+    return shard_dataset(store.shard_urls(split)).map_batches(_shard_videos, batch_size=1, num_cpus=cfg.loader_cpus,
                           fn_kwargs=dict(cfg=cfg, storage_options=store.storage_options, clips=clips, crops=crops))
 
 
 def clips_per_epoch(store: Store, split: str, frames: int) -> int:
-    """Training clips one epoch yields: sum over rows of max(1, len // frames); reads one small column."""
+    """Training clips one epoch yields: sum over rows of ``clips_in_row``; reads one small column."""
     total = 0
     for url in store.shard_urls(split):
         lengths = pc.list_value_length(read_table(url, store.storage_options, columns=["frame_index"])

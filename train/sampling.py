@@ -40,9 +40,13 @@ def row_clip_positions(row_len: int, rng: np.random.Generator, *, frames: int = 
     at a random offset, wrapping around the row (a short row loops)."""
     if row_len < 1 or frames < 1:
         raise ValueError(f"row_len and frames must be >= 1, got {row_len}, {frames}")
-    k = max(1, row_len // frames)
+    k = clips_in_row(row_len, frames)
     offset = int(rng.integers(0, row_len))
     return (offset + np.arange(k * frames).reshape(k, frames)) % row_len
+
+
+def clips_in_row(row_len: int, frames: int) -> int:
+    return max(1, row_len // frames)
 
 
 def _check(num_frames: int, frames: int, stride: int) -> None:
