@@ -106,6 +106,7 @@ def log_model(uri: str, run_id: str, checkpoint) -> None:
     d = state["config"]["data"]
     example = torch.zeros(1, 3, d["frames"], d["crop"], d["crop"]).numpy()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=tracking.client(uri).get_run(run_id).info.experiment_id)
     with mlflow.start_run(run_id=run_id):
         # Pickled with the model code beside it, so `mlflow.pytorch.load_model` needs no checkout.
         mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", input_example=example,

@@ -27,8 +27,11 @@ def test_frames_match_a_direct_decord_decode(tmp_path, frame_step):
     direct = decord.VideoReader(str(path), width=85, height=64).get_batch(video.indices).asnumpy()
     stored = np.stack([simplejpeg.decode_jpeg(j) for j in video.jpegs])
     assert stored.shape == direct.shape == (len(video.indices), 64, 85, 3)
-    diff = np.abs(stored.astype(int) - direct.astype(int))
-    assert diff.mean() < 2.0 and np.percentile(diff, 99) < 16  # JPEG tolerance at quality 90
+    # JPEG at quality 90 with 4:2:0 chroma: luma at full resolution, colour at half (as in H.264)
+    luma = np.abs((stored.astype(float) - direct) @ [0.299, 0.587, 0.114])
+    assert luma.mean() < 2.0 and np.percentile(luma, 99) < 16
+    pooled = [x[:, :64, :84].reshape(len(x), 32, 2, 42, 2, 3).mean((2, 4)) for x in (stored, direct)]
+    assert np.abs(pooled[0] - pooled[1]).mean() < 2.0
 
 
 @pytest.fixture(scope="module")

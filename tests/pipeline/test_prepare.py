@@ -92,8 +92,10 @@ def test_stored_frames_match_a_direct_decode(kinetics, tmp_path, ray_cluster):
     direct = decord.VideoReader(str(source), height=24, width=30).get_batch(sorted(by_index)).asnumpy()
     stored = np.stack([simplejpeg.decode_jpeg(by_index[i]) for i in sorted(by_index)])
     assert stored.shape == direct.shape == (8, 24, 30, 3)
-    diff = np.abs(stored.astype(int) - direct.astype(int))
-    assert diff.mean() < 3.0 and np.percentile(diff, 99) < 24
+    luma = np.abs((stored.astype(float) - direct) @ [0.299, 0.587, 0.114])  # chroma is stored 4:2:0
+    assert luma.mean() < 3.0 and np.percentile(luma, 99) < 24
+    pooled = [x.reshape(8, 12, 2, 15, 2, 3).mean((2, 4)) for x in (stored, direct)]
+    assert np.abs(pooled[0] - pooled[1]).mean() < 3.0
 
 
 def copy_videos(kinetics: Path, dest_of) -> Counter:
