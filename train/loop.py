@@ -176,7 +176,7 @@ def train_loop(ctx: dict) -> None:
 
     stop_at = ctx.get("stop_at_epoch")
     while epoch < t.epochs and not (stop_at and epoch >= stop_at):
-        started, window_start, waited, losses = time.monotonic(), time.monotonic(), 0.0, []
+        started, window_start, waited, losses, logged = time.monotonic(), time.monotonic(), 0.0, [], 0
         it = split_iterator(functools.partial(train_dataset, w.store, cfg.data, seed=t.seed, epoch=epoch,
                                               resumed_at=epoch_step), w.rank, w.world, equal=True)
         batches = it.iter_torch_batches(batch_size=t.batch_size, drop_last=True, device=w.device,
@@ -202,10 +202,10 @@ def train_loop(ctx: dict) -> None:
             losses.append(loss.detach())
             maybe_fault(ctx.get("fault"), w.rank, step, state is not None)
             if step % t.log_every == 0 or epoch_step == steps_per_epoch:
-                window_loss = mean_over_workers(torch.stack(losses[-t.log_every:]).mean(), w.world)
+                n = len(losses) - logged  # steps since the last log
+                window_loss = mean_over_workers(torch.stack(losses[logged:]).mean(), w.world)
                 now = time.monotonic()
                 seconds = now - window_start
-                n = min(t.log_every, len(losses))
                 metrics = {"loss": window_loss, "lr": sched.get_last_lr()[0],
                            "clips_per_s": n * t.batch_size * w.world / seconds, "data_wait": waited / seconds}
                 if w.device.type == "cuda":
@@ -215,7 +215,7 @@ def train_loop(ctx: dict) -> None:
                 w.say(f"epoch {epoch + 1}/{t.epochs} step {step}/{total} loss {window_loss:.4f} "
                       f"lr {metrics['lr']:.2e} {metrics['clips_per_s']:.1f} clips/s data wait "
                       f"{metrics['data_wait']:.0%} eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
-                window_start, waited = now, 0.0
+                window_start, waited, logged = now, 0.0, len(losses)
             if step % t.checkpoint_every == 0 and epoch_step < steps_per_epoch:
                 report(checkpoint=True)
             fetch = time.monotonic()
