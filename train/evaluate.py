@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.store import Store
+from train.analyze import ViewStats
 from train.augment import normalize
 from train.data import eval_dataset, split_iterator
 from train.settings import TrainConfig
@@ -55,8 +56,9 @@ def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, store: Store, split: str, cfg: TrainConfig, *, clips: int, crops: int, rank: int,
-             world: int, device: torch.device, autocast) -> Scores:
-    """Scores of every video of ``split``, split over the workers and gathered on each of them."""
+             world: int, device: torch.device, autocast, views: ViewStats | None = None) -> Scores:
+    """Scores of every video of ``split``, split over the workers and gathered on each of them;
+    with ``views``, the CoST view coefficients of every clip are summed in it (on every rank)."""
     it = split_iterator(lambda: eval_dataset(store, split, cfg.data, clips=clips, crops=crops), rank, world,
                         equal=False)
     training = model.training
@@ -66,21 +68,28 @@ def evaluate(model: nn.Module, store: Store, split: str, cfg: TrainConfig, *, cl
     probs: list[np.ndarray] = []
     per_batch = max(1, cfg.trainer.batch_size // (clips * crops))
     for b in it.iter_batches(batch_size=per_batch, batch_format="numpy"):
-        views = torch.from_numpy(b["clips"]).to(device)  # (V, K, T, H, W, 3) uint8
-        x = normalize(views.flatten(0, 1), cfg.data.mean, cfg.data.std)  # (V*K, 3, T, H, W)
+        clip_views = torch.from_numpy(b["clips"]).to(device)  # (V, K, T, H, W, 3) uint8
+        x = normalize(clip_views.flatten(0, 1), cfg.data.mean, cfg.data.std)  # (V*K, 3, T, H, W)
         with autocast:
             logits = model(x)
-        p = logits.float().softmax(-1).view(views.shape[0], views.shape[1], -1).mean(1)
+        p = logits.float().softmax(-1).view(clip_views.shape[0], clip_views.shape[1], -1).mean(1)
+        if views:
+            views.update(np.repeat(b["label"], clip_views.shape[1]))
         ids += [str(v) for v in b["video_id"]]
         labels.append(b["label"])
         probs.append(p.cpu().numpy())
     model.train(training)
     num_classes = len(store.classes)
     part = (ids, np.concatenate(labels) if labels else np.zeros(0, np.int64),
-            np.concatenate(probs) if probs else np.zeros((0, num_classes), np.float32))
+            np.concatenate(probs) if probs else np.zeros((0, num_classes), np.float32),
+            views.totals() if views else None)
     parts = [part]
     if world > 1:
         parts = [None] * world
         dist.all_gather_object(parts, part)
+        if views:
+            for r, p in enumerate(parts):
+                if r != rank:
+                    views.add(p[3])
     return Scores([i for p in parts for i in p[0]], np.concatenate([p[1] for p in parts]),
                   np.concatenate([p[2] for p in parts]))

@@ -31,6 +31,7 @@ from torch import nn
 
 from pipeline.store import Store
 from train import tracking
+from train.analyze import ViewStats, write_analysis
 from train.augment import normalize
 from train.checkpoints import load_state, make_model, save_state
 from train.config import from_dict
@@ -73,17 +74,22 @@ class Worker:
         """The multi-clip test protocol; rank 0 logs the metrics and the per-video scores."""
         d = self.cfg.data
         split = d.test_split or d.val_split
+        views = ViewStats(model, len(self.store.classes))  # empty for C2D and C3D
         scores = evaluate(model, self.store, split, self.cfg, clips=d.test_clips, crops=d.test_crops,
-                          rank=self.rank, world=self.world, device=self.device, autocast=self.autocast)
+                          rank=self.rank, world=self.world, device=self.device, autocast=self.autocast, views=views)
         metrics = scores.metrics("test")
         self.log(metrics, step)
         if self.rank == 0:
             import pyarrow.parquet as pq
 
+            client = tracking.client(self.ctx["tracking_uri"])
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "test_scores.parquet")
                 pq.write_table(scores.table(self.store.classes), path)
-                tracking.client(self.ctx["tracking_uri"]).log_artifact(self.ctx["run_id"], path)
+                client.log_artifact(self.ctx["run_id"], path)
+                if views:
+                    for f in write_analysis(views, self.store.classes, os.path.join(tmp, "analysis")):
+                        client.log_artifact(self.ctx["run_id"], str(f), "analysis")
         self.say(f"test ({split}, {d.test_clips} clips x {d.test_crops} crops): top-1 {metrics['test_top1']:.4f} "
                  f"top-5 {metrics['test_top5']:.4f} on {len(scores.labels)} videos")
         return metrics

@@ -65,7 +65,10 @@ def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path):
         assert key in run.data.metrics
     client = MlflowClient(mlflow_server)
     artifacts = {a.path for a in client.list_artifacts(rid)}
-    assert {"config.yaml", "test_scores.parquet"} <= artifacts
+    assert {"config.yaml", "test_scores.parquet", "analysis"} <= artifacts
+    analysis = {a.path for a in client.list_artifacts(rid, "analysis")}
+    assert {"analysis/view_coefficients_layers.csv", "analysis/view_coefficients_layers.png",
+            "analysis/temporal_share_classes.csv", "analysis/temporal_share_classes.png"} == analysis
     scores = pq.read_table(client.download_artifacts(rid, "test_scores.parquet", str(tmp_path))).to_pydict()
     assert len(scores["video_id"]) == 12 and len(scores["scores"][0]) == 4
     accuracy = np.mean(np.array(scores["predicted"]) == np.array(scores["label"]))
