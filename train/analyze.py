@@ -91,13 +91,18 @@ def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
         writer.writerows(rows)
 
 
-def plot_layers(rows: list[dict], path: str | os.PathLike) -> None:
-    """Stacked bars: each layer's view shares (paper Fig. 8)."""
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_layers(rows: list[dict], path: str | os.PathLike) -> None:
+    """Stacked bars: each layer's view shares (paper Fig. 8)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4))
     bottom = np.zeros(len(rows))
     for view in VIEWS:
@@ -116,11 +121,7 @@ def plot_layers(rows: list[dict], path: str | os.PathLike) -> None:
 
 def plot_classes(rows: list[dict], path: str | os.PathLike, k: int = 10) -> None:
     """The ``k`` classes relying most and least on temporal views (paper Fig. 7)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     shown = rows if len(rows) <= 2 * k else rows[:k] + rows[-k:]
     fig, ax = plt.subplots(figsize=(6, max(2.5, 0.3 * len(shown))))
     ax.barh(range(len(shown)), [r["temporal_share"] for r in shown])

@@ -64,10 +64,10 @@ def open_run(uri: str, cfg: TrainConfig, name: str, params: Mapping[str, object]
         c.update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id, True
     run = c.create_run(exp, run_name=name, tags={NAME_TAG: name, **tags})
+    from mlflow.entities import Param
+
     items = list(params.items())
     for i in range(0, len(items), 100):  # MLflow's limit per batch
-        from mlflow.entities import Param
-
         c.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in items[i:i + 100]])
     c.log_text(run.info.run_id, config_yaml, "config.yaml")
     return run.info.run_id, False
