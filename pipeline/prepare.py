@@ -41,6 +41,7 @@ from pipeline.shards import QUARANTINE_SCHEMA, ShardSpec, quarantine_row, run_sh
 from pipeline.store import (
     SCHEMA_VERSION,
     TMP_MARK,
+    endpoint_options,
     read_json,
     read_table,
     url_exists,
@@ -93,7 +94,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def storage_options(args: argparse.Namespace) -> dict:
-    return {"client_kwargs": {"endpoint_url": args.s3_endpoint}} if args.s3_endpoint else {}
+    return endpoint_options(args.s3_endpoint)
 
 
 def params(args: argparse.Namespace) -> dict:

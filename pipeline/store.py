@@ -105,6 +105,11 @@ def write_json(data: dict, url: str, storage_options: dict | None = None) -> int
     return atomic_write(url, lambda f: f.write(text), storage_options)
 
 
+def endpoint_options(endpoint: str | None) -> dict:
+    """fsspec storage options for an S3-compatible server at ``endpoint`` (none: AWS or local)."""
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
 def url_exists(url: str, storage_options: dict | None = None) -> bool:
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     return fs.exists(path)

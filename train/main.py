@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
 from pipeline.prepare import connect_ray, git_commit  # noqa: E402
-from pipeline.store import Store, StoreError  # noqa: E402
+from pipeline.store import Store, StoreError, endpoint_options  # noqa: E402
 from train import tracking  # noqa: E402
 from train.config import ConfigError, apply_override, flatten, from_dict, load_config, to_dict, to_yaml  # noqa: E402
 from train.settings import TrainConfig, check_against_store, check_files, check_values, storage_options  # noqa: E402
@@ -56,7 +56,7 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
 
         endpoint = [o.partition("=")[2] for o in args.overrides if o.startswith("data.s3_endpoint=")]
         try:
-            state = load_state(args.checkpoint, {"client_kwargs": {"endpoint_url": endpoint[-1]}} if endpoint else {})
+            state = load_state(args.checkpoint, endpoint_options(endpoint[-1] if endpoint else None))
         except CheckpointError as e:
             raise ConfigError(f"--checkpoint: {e}") from None
         data = state["config"]

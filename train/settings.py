@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.store import endpoint_options, url_exists
 from train.config import ConfigError
 
 HOME = os.path.expanduser(os.environ.get("COST_HOME", "~/cost-on-ray"))
@@ -104,7 +105,7 @@ class TrainConfig:
 
 
 def storage_options(cfg: TrainConfig) -> dict:
-    return {"client_kwargs": {"endpoint_url": cfg.data.s3_endpoint}} if cfg.data.s3_endpoint else {}
+    return endpoint_options(cfg.data.s3_endpoint)
 
 
 def check_values(cfg: TrainConfig) -> None:
@@ -154,8 +155,6 @@ def check_against_store(cfg: TrainConfig, store) -> None:  # store: pipeline.sto
 
 def check_files(cfg: TrainConfig) -> None:
     """The weights a run starts from exist (local or s3://)."""
-    from pipeline.store import url_exists
-
     for key in ("pretrained", "finetune_from"):
         path = getattr(cfg.model, key)
         if path and not url_exists(path, storage_options(cfg)):
