@@ -1,11 +1,11 @@
-# make install | test | demo | lint  -  each sets up what it needs on a fresh machine.
+# make install | test | demo | mlflow-ui | lint  -  each sets up what it needs on a fresh machine.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-output
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo mlflow-ui lint clean
 
 install: $(STAMP)
 
@@ -23,9 +23,24 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# The demo is self-contained: its MLflow store, checkpoints and reports live under $(DEMO)/home.
+DEMO_ENV = COST_HOME=$(abspath $(DEMO))/home RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
+ARCHS   ?= c2d c3d cost_a cost_b
+
 demo: install
-	$(PY) pipeline/prepare.py --dataset synthetic --synthetic-kind motion --classes 4 --videos-per-class 20 \
-		--root $(DEMO)/motion --out $(DEMO)/store
+	rm -rf $(DEMO)
+	$(DEMO_ENV) $(PY) pipeline/prepare.py --dataset synthetic --synthetic-kind motion --classes 4 \
+		--videos-per-class 75 --stride 4 --root $(DEMO)/motion --out $(DEMO)/store
+	for arch in $(ARCHS); do \
+		$(DEMO_ENV) $(PY) train/main.py --config configs/tiny_synthetic.yaml data.store=$(DEMO)/store \
+			model.arch=$$arch name=demo-$$arch || exit 1; \
+	done
+	$(DEMO_ENV) $(PY) train/report.py --experiment cost-demo --out $(DEMO)/report
+	@echo "Plots: $(DEMO)/report/analysis/*/*.png. MLflow UI: run 'make mlflow-ui' and open http://127.0.0.1:5000"
+
+mlflow-ui: install
+	$(DEMO_ENV) $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(DEMO))/home/mlflow.db \
+		--host 127.0.0.1 --port 5000 --workers 1
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache *.egg-info

@@ -4,7 +4,8 @@
     model = model_from_state(state)            # the trained network, in eval mode
 
 A state holds the model's and optimizer's and scheduler's state dicts, the position in training
-(``epoch``, ``epoch_step``, ``step``), the resolved config and the class names. Torch's RNG is
+(``epoch``, ``epoch_step``, ``step``), the resolved config, the class names and the store's
+preparation parameters (``store_params``: how a new video must be decoded to match). Torch's RNG is
 not stored: every worker re-seeds it from (seed, rank, step) when it starts, so a resumed run
 draws the same dropout masks on every worker as an uninterrupted one would from that step.
 """
@@ -56,6 +57,12 @@ def load_state(source, storage_options: dict | None = None) -> dict:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{url}: {STATE_FILE} is not a training state of this project")
     return state
+
+
+def read_weights(url: str, storage_options: dict | None = None) -> dict:
+    """A weights file (e.g. an ImageNet state dict for ``model.pretrained``), local or s3://."""
+    with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
 
 
 def make_model(cfg: ModelConfig, num_classes: int) -> VideoResNet:

@@ -2,8 +2,9 @@
 
 Training: an epoch reads every store row once. A row holds one temporal phase of a video (every
 ``stride``-th frame), so ``frames`` consecutive entries of a row are one paper clip (64-frame
-window, every 8th frame); a row yields floor(len/frames) non-overlapping clips at a random offset
-(at least one; a short video loops). An epoch thus uses every stored frame once. Each worker
+window, every 8th frame); a row yields floor(len/frames) non-overlapping clips at random places
+(at least one; a short video loops). An epoch thus uses every stored frame at most once (all but
+fewer than ``frames`` per row). Each worker
 mixes the clips in a local shuffle buffer, so a batch does not hold clips of one video.
 
 Randomness is reproducible: a row's clips and crops come from an RNG seeded by (seed, epoch,
@@ -50,7 +51,7 @@ def row_clips(jpegs: list[bytes], height: int, width: int, rng: np.random.Genera
     if out is None:
         out = np.empty((len(positions), cfg.frames, cfg.crop, cfg.crop, 3), np.uint8)
     for c, idx in enumerate(lookup):
-        view = train_view(rng, height, width, short_side=cfg.train_short_side, crop=cfg.crop)
+        view = train_view(rng, height, width, short_side=cfg.train_short_side, crop=cfg.crop, flip=cfg.flip)
         apply_view(decoded[idx], view, cfg.crop, out=out[c])
     return out
 
@@ -110,20 +111,24 @@ def train_dataset(store: Store, cfg: DataConfig, *, seed: int, epoch: int, resum
     return ds
 
 
+def shard_videos(url: str, cfg: DataConfig, storage_options: dict, *, clips: int,
+                 crops: int) -> Iterator[tuple[str, int, np.ndarray]]:
+    """Per video of one shard: (video_id, label, its test-protocol views (clips * crops, T, H, W, 3))."""
+    by_video: dict[str, list[dict]] = {}
+    for r in read_table(url, storage_options, columns=EVAL_COLUMNS).to_pylist():
+        by_video.setdefault(r["video_id"], []).append(r)
+    for video_id, rows in by_video.items():
+        first = rows[0]
+        yield video_id, first["label"], video_clips({r["phase"]: r["frames"] for r in rows}, first["num_phases"],
+                                                    first["height"], first["width"], frames=cfg.frames, clips=clips,
+                                                    crops=crops, short_side=cfg.eval_short_side, crop=cfg.crop)
+
+
 def _shard_videos(batch: dict[str, np.ndarray], cfg: DataConfig, storage_options: dict, clips: int,
                   crops: int) -> Iterator[dict[str, np.ndarray]]:
     for url in batch["url"]:
-        table = read_table(str(url), storage_options, columns=EVAL_COLUMNS)
-        by_video: dict[str, list[dict]] = {}
-        for r in table.to_pylist():
-            by_video.setdefault(r["video_id"], []).append(r)
-        for video_id, rows in by_video.items():
-            first = rows[0]
-            views = video_clips({r["phase"]: r["frames"] for r in rows}, first["num_phases"], first["height"],
-                                first["width"], frames=cfg.frames, clips=clips, crops=crops,
-                                short_side=cfg.eval_short_side, crop=cfg.crop)
-            yield {"video_id": np.array([video_id]), "label": np.array([first["label"]], np.int64),
-                   "clips": views[None]}
+        for video_id, label, views in shard_videos(str(url), cfg, storage_options, clips=clips, crops=crops):
+            yield {"video_id": np.array([video_id]), "label": np.array([label], np.int64), "clips": views[None]}
 
 
 def eval_dataset(store: Store, split: str, cfg: DataConfig, *, clips: int, crops: int = 1):  # -> ray.data.Dataset

@@ -9,6 +9,7 @@ without running the model again.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ from pipeline.store import Store
 from train.analyze import ViewStats
 from train.augment import normalize
 from train.data import eval_dataset, split_iterator
-from train.settings import TrainConfig
+from train.settings import DataConfig, TrainConfig
 
 
 @dataclass
@@ -55,6 +56,16 @@ def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 
 @torch.no_grad()
+def video_probs(model: nn.Module, clip_views: torch.Tensor, data: DataConfig,
+                autocast=None) -> torch.Tensor:
+    """(V, K, T, H, W, 3) uint8 views of V videos -> (V, classes): softmax averaged over each video's views."""
+    x = normalize(clip_views.flatten(0, 1), data.mean, data.std)  # (V*K, 3, T, H, W)
+    with autocast or contextlib.nullcontext():
+        logits = model(x)
+    return logits.float().softmax(-1).view(clip_views.shape[0], clip_views.shape[1], -1).mean(1)
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, store: Store, split: str, cfg: TrainConfig, *, clips: int, crops: int, rank: int,
              world: int, device: torch.device, autocast, views: ViewStats | None = None) -> Scores:
     """Scores of every video of ``split``, split over the workers and gathered on each of them;
@@ -69,10 +80,7 @@ def evaluate(model: nn.Module, store: Store, split: str, cfg: TrainConfig, *, cl
     per_batch = max(1, cfg.trainer.batch_size // (clips * crops))
     for b in it.iter_batches(batch_size=per_batch, batch_format="numpy"):
         clip_views = torch.from_numpy(b["clips"]).to(device)  # (V, K, T, H, W, 3) uint8
-        x = normalize(clip_views.flatten(0, 1), cfg.data.mean, cfg.data.std)  # (V*K, 3, T, H, W)
-        with autocast:
-            logits = model(x)
-        p = logits.float().softmax(-1).view(clip_views.shape[0], clip_views.shape[1], -1).mean(1)
+        p = video_probs(model, clip_views, cfg.data, autocast)
         if views:
             views.update(np.repeat(b["label"], clip_views.shape[1]))
         ids += [str(v) for v in b["video_id"]]

@@ -4,9 +4,10 @@ One loop for CPU and GPU, one worker or many (DDP). Per step: a batch of augment
 this worker's split of the epoch's Ray Data stream, forward (bf16 autocast on GPU), backward,
 gradient clipping, SGD. Every ``log_every`` steps rank 0 logs metrics to MLflow and prints a
 progress line; every ``checkpoint_every`` steps and at each epoch end rank 0 saves the training
-state through ``ray.train.report``; at each epoch end the single-clip validation runs, and after
-the last epoch the multi-clip test protocol. A restarted worker group (FailureConfig) and a
-re-run of the same run name both continue from the latest checkpoint.
+state through ``ray.train.report``; every ``val_every`` epochs (and after the last one) the
+single-clip validation runs, and after the last epoch the multi-clip test protocol. A restarted
+worker group (FailureConfig) and a re-run of the same run name both continue from the latest
+checkpoint.
 
 ``eval_loop`` runs only the test protocol on a given checkpoint (``train/main.py --eval-only``).
 """
@@ -33,7 +34,7 @@ from pipeline.store import Store
 from train import tracking
 from train.analyze import ViewStats, write_analysis
 from train.augment import normalize
-from train.checkpoints import load_state, make_model, save_state
+from train.checkpoints import load_state, make_model, read_weights, save_state
 from train.config import from_dict
 from train.data import split_iterator, train_dataset
 from train.evaluate import evaluate
@@ -60,6 +61,12 @@ class Worker:
             else torch.contiguous_format
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and self.cfg.trainer.precision == "bf16" \
             else contextlib.nullcontext()
+
+    def tag_hardware(self) -> None:
+        """Where the run's throughput was measured, e.g. "8 x NVIDIA H100 80GB HBM3" or "2 x CPU"."""
+        if self.rank == 0:
+            what = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+            tracking.client(self.ctx["tracking_uri"]).set_tag(self.ctx["run_id"], "hardware", f"{self.world} x {what}")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.rank == 0:
@@ -113,7 +120,8 @@ def build(w: Worker, state: dict | None) -> tuple[nn.Module, nn.Module, torch.op
     elif cfg.model.finetune_from:
         init_from_checkpoint(model, cfg.model.finetune_from, storage_options(cfg))
     elif cfg.model.pretrained:
-        report = load_2d_pretrained(model, cfg.model.pretrained, inflate=cfg.model.inflate)
+        weights = read_weights(cfg.model.pretrained, storage_options(cfg))  # a shared path or s3://
+        report = load_2d_pretrained(model, weights, inflate=cfg.model.inflate)
         w.say(f"ImageNet initialisation from {cfg.model.pretrained}: {report.summary()}")
     model = model.to(memory_format=w.memory_format)
     net = ray.train.torch.prepare_model(model)
@@ -157,6 +165,7 @@ def maybe_fault(spec: str | None, rank: int, step: int, restored: bool) -> None:
 
 def train_loop(ctx: dict) -> None:
     w = Worker(ctx)
+    w.tag_hardware()
     cfg, t = w.cfg, w.cfg.trainer
     checkpoint = ray.train.get_checkpoint()
     state = load_state(checkpoint) if checkpoint else None
@@ -177,7 +186,7 @@ def train_loop(ctx: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             save_state(d, dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                                epoch=epoch, epoch_step=epoch_step, step=step, val=val, config=ctx["config"],
-                               classes=w.store.classes))
+                               classes=w.store.classes, store_params=w.store.manifest["params"]))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     stop_at = ctx.get("stop_at_epoch")
@@ -228,13 +237,18 @@ def train_loop(ctx: dict) -> None:
         if epoch_step < steps_per_epoch:
             w.say(f"epoch {epoch + 1} ended after {epoch_step} of {steps_per_epoch} steps: the stream ran short")
         train_loss = mean_over_workers(torch.stack(losses).mean(), w.world) if losses else float("nan")
-        scores = evaluate(model, w.store, cfg.data.val_split, cfg, clips=1, crops=1, rank=w.rank, world=w.world,
-                          device=w.device, autocast=w.autocast)
-        val = scores.metrics("val")
         epoch, epoch_step = epoch + 1, 0
-        w.log({"epoch": epoch, "train_loss": train_loss, "epoch_seconds": time.monotonic() - started, **val}, step)
-        w.say(f"epoch {epoch}/{t.epochs} done: train loss {train_loss:.4f}, val top-1 {val['val_top1']:.4f} "
-              f"top-5 {val['val_top5']:.4f} loss {val['val_loss']:.4f} ({len(scores.labels)} videos)")
+        metrics = {"epoch": epoch, "train_loss": train_loss, "epoch_seconds": time.monotonic() - started}
+        text = f"epoch {epoch}/{t.epochs} done: train loss {train_loss:.4f}"
+        if epoch % t.val_every == 0 or epoch == t.epochs:
+            scores = evaluate(model, w.store, cfg.data.val_split, cfg, clips=1, crops=1, rank=w.rank,
+                              world=w.world, device=w.device, autocast=w.autocast)
+            val = scores.metrics("val")
+            metrics.update(val)
+            text += (f", val top-1 {val['val_top1']:.4f} top-5 {val['val_top5']:.4f} loss {val['val_loss']:.4f} "
+                     f"({len(scores.labels)} videos)")
+        w.log(metrics, step)
+        w.say(text)
         report(checkpoint=True)
     if epoch >= t.epochs and t.test_at_end:
         report(checkpoint=False, extra=w.test(model, step))

@@ -26,7 +26,7 @@ from pipeline.prepare import connect_ray, git_commit  # noqa: E402
 from pipeline.store import Store, StoreError, endpoint_options  # noqa: E402
 from train import tracking  # noqa: E402
 from train.config import ConfigError, apply_override, flatten, from_dict, load_config, to_dict, to_yaml  # noqa: E402
-from train.settings import TrainConfig, check_against_store, check_files, check_values, storage_options  # noqa: E402
+from train.settings import TrainConfig, absolute_paths, check_against_store, check_files, check_values, storage_options  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -84,14 +84,24 @@ def run_config(cfg: TrainConfig, name: str):
 
         scheme, _, host = cfg.data.s3_endpoint.partition("://")
         fs, path = S3FileSystem(endpoint_override=host, scheme=scheme), path[len("s3://"):]
-    elif "://" not in path:
-        path = os.path.abspath(os.path.expanduser(path))
     return ray.train.RunConfig(
         name=name, storage_path=path, storage_filesystem=fs,
         failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints,
                                                      checkpoint_score_attribute="val_top1",
                                                      checkpoint_score_order="max"))
+
+
+def log_complexity(uri: str, run_id: str, cfg: TrainConfig, num_classes: int) -> None:
+    """The model's size and FLOPs per clip (metrics ``params_m``, ``gflops``), for the report's tables."""
+    from train.checkpoints import make_model
+    from train.models import complexity
+
+    d = cfg.data
+    params_m, gflops = complexity(lambda: make_model(cfg.model, num_classes), (3, d.frames, d.crop, d.crop))
+    tracking.log_metrics(uri, run_id, {"params_m": params_m, "gflops": gflops}, 0)
+    print(f"[train] {cfg.model.arch}: {params_m:.2f} M parameters, {gflops:.2f} GFLOPs per "
+          f"{d.frames}x{d.crop}x{d.crop} clip", flush=True)
 
 
 def log_model(uri: str, run_id: str, checkpoint) -> None:
@@ -118,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg, state = resolve(args)
+        absolute_paths(cfg)  # as resolved here, recorded in MLflow, and read by the workers
         check_values(cfg)
         try:
             store = Store(cfg.data.store, storage_options(cfg))
@@ -135,10 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = cfg.name or default_name(cfg, store)
         if args.eval_only:
             name = f"{state['config'].get('name') or 'checkpoint'}-eval-{time.strftime('%Y%m%d-%H%M%S')}"
-        uri = tracking.tracking_uri(cfg)
+        uri = tracking.tracking_uri(cfg.tracking.uri)
         m = cfg.model
         tags = {"arch": m.arch, "depth": str(m.depth), "frames": str(cfg.data.frames),
-                "dataset": store.manifest["dataset"], "store": store.url,
+                "dataset": store.manifest["dataset"], "classes": str(len(store.classes)), "store": store.url,
                 "store_fingerprint": store.manifest["input_fingerprint"], "git_commit": git_commit() or "unknown",
                 "mode": "eval" if args.eval_only else "train"}
         run_id, resumed = tracking.open_run(uri, cfg, name, flatten(cfg), tags, to_yaml(cfg))
@@ -152,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = "FAILED"
     started_here = False
     try:
+        if not resumed and not args.eval_only:
+            log_complexity(uri, run_id, cfg, len(store.classes))
         import ray.train
         from ray.train.torch import TorchTrainer
 

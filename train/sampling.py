@@ -7,8 +7,9 @@ video. A video shorter than the window loops. All indices are source frame indic
 In the frame store (pipeline/store.py) frames are grouped by phase: with ``frame_step`` k and
 ``stride`` S, the row of phase p holds source frames (p, p + S/k, p + 2S/k, ...) * k. A training
 clip is then ``frames`` consecutive entries of one row: ``row_clip_positions`` cuts
-floor(len/frames) non-overlapping clips from a row at a random offset (at least one; short rows
-loop), so one row read serves several clips, which a shuffle buffer then mixes across videos.
+floor(len/frames) non-overlapping clips from a row at random places (at least one; a row shorter
+than a clip loops), so one row read serves several clips, which a shuffle buffer then mixes
+across videos.
 """
 
 from __future__ import annotations
@@ -36,13 +37,19 @@ def eval_clip_indices(num_frames: int, *, frames: int = 8, stride: int = 8, clip
 
 
 def row_clip_positions(row_len: int, rng: np.random.Generator, *, frames: int = 8) -> np.ndarray:
-    """(k, frames) positions within a phase row: k = max(1, row_len // frames) non-overlapping clips
-    at a random offset, wrapping around the row (a short row loops)."""
+    """(k, frames) positions within a phase row: k = max(1, row_len // frames) non-overlapping runs
+    of consecutive entries, in order, with the row's spare entries spread as random gaps around
+    them. No clip wraps around the row's end (that would join its last frame to its first); a row
+    shorter than ``frames`` loops from a random start, like a short video."""
     if row_len < 1 or frames < 1:
         raise ValueError(f"row_len and frames must be >= 1, got {row_len}, {frames}")
+    if row_len < frames:
+        return ((int(rng.integers(0, row_len)) + np.arange(frames)) % row_len)[None]
     k = clips_in_row(row_len, frames)
-    offset = int(rng.integers(0, row_len))
-    return (offset + np.arange(k * frames).reshape(k, frames)) % row_len
+    # The spare entries fall into k + 1 gaps (before, between and after the clips) at random.
+    cuts = np.sort(rng.integers(0, row_len - k * frames + 1, size=k))
+    starts = cuts + frames * np.arange(k)
+    return starts[:, None] + np.arange(frames)[None, :]
 
 
 def clips_in_row(row_len: int, frames: int) -> int:

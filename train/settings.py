@@ -31,6 +31,7 @@ class DataConfig:
     train_short_side: tuple[int, int] = (256, 320)  # short side drawn uniformly from this range
     eval_short_side: int = 256
     crop: int = 224
+    flip: bool = True  # random horizontal flips in training; off where a mirror image is another class
     test_clips: int = 10
     test_crops: Literal[1, 3] = 1  # 1: centre crop (fully-convolutional protocol); 3: three crops
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -70,7 +71,7 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class TrainerConfig:
-    epochs: int = 10  # an epoch uses every stored frame once (see train/data.py)
+    epochs: int = 10  # an epoch uses each stored frame at most once (see train/data.py)
     batch_size: int = 8  # clips per worker per step
     num_workers: int = 1  # Ray Train workers (one per GPU)
     use_gpu: bool = False
@@ -81,6 +82,7 @@ class TrainerConfig:
     seed: int = 0
     log_every: int = 20  # steps between metric logs and progress lines
     checkpoint_every: int = 1000  # steps between checkpoints (and one at each epoch end)
+    val_every: int = 1  # epochs between single-clip validations (and one after the last epoch)
     keep_checkpoints: int = 3  # best by val top-1; the latest is always kept too
     max_failures: int = 3  # worker-group restarts from the latest checkpoint
     test_at_end: bool = True  # run the multi-clip test protocol after the last epoch
@@ -108,6 +110,17 @@ def storage_options(cfg: TrainConfig) -> dict:
     return endpoint_options(cfg.data.s3_endpoint)
 
 
+def absolute_paths(cfg: TrainConfig) -> None:
+    """Local paths made absolute in place: Ray Train workers run in other folders than the driver."""
+    def fix(path: str | None) -> str | None:
+        return path if path is None or "://" in path else os.path.abspath(os.path.expanduser(path))
+
+    cfg.data.store = fix(cfg.data.store)
+    cfg.model.pretrained = fix(cfg.model.pretrained)
+    cfg.model.finetune_from = fix(cfg.model.finetune_from)
+    cfg.trainer.storage_path = fix(cfg.trainer.storage_path)
+
+
 def check_values(cfg: TrainConfig) -> None:
     """Value ranges the types cannot say."""
     d, t, o = cfg.data, cfg.trainer, cfg.optim
@@ -116,6 +129,7 @@ def check_values(cfg: TrainConfig) -> None:
                 "data.rows_per_task": d.rows_per_task, "trainer.epochs": t.epochs,
                 "trainer.batch_size": t.batch_size, "trainer.num_workers": t.num_workers,
                 "trainer.log_every": t.log_every, "trainer.checkpoint_every": t.checkpoint_every,
+                "trainer.val_every": t.val_every,
                 "trainer.keep_checkpoints": t.keep_checkpoints, "optim.lr_batch": o.lr_batch}
     for key, value in positive.items():
         if value < 1:

@@ -14,14 +14,16 @@ import os
 import time
 from collections.abc import Mapping
 
+from pipeline.store import endpoint_options
 from train.config import ConfigError
 from train.settings import HOME, TrainConfig
 
 NAME_TAG = "cost.run_name"
 
 
-def tracking_uri(cfg: TrainConfig) -> str:
-    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+def tracking_uri(configured: str | None = None) -> str:
+    """``configured`` (``tracking.uri``), else $MLFLOW_TRACKING_URI, else a SQLite store under the home."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     os.makedirs(HOME, exist_ok=True)
@@ -82,3 +84,17 @@ def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) 
 
 def close_run(uri: str, run_id: str, status: str) -> None:
     client(uri).set_terminated(run_id, status=status)
+
+
+def run_checkpoint(uri: str, run_id: str) -> tuple[str, dict]:
+    """(the best checkpoint of a finished training run, storage options to read it)."""
+    try:
+        run = client(uri).get_run(run_id)
+    except Exception as e:  # MlflowException: no such run
+        raise ConfigError(f"--run {run_id}: no such run at {uri} ({str(e).splitlines()[0]})") from None
+    path = run.data.tags.get("best_checkpoint")
+    if not path:
+        raise ConfigError(f"--run {run_id}: the run has no best_checkpoint tag (it did not finish training); "
+                          "give --checkpoint PATH instead")
+    endpoint = run.data.params.get("data.s3_endpoint")  # params hold str(value): "None" when unset
+    return path, endpoint_options(None if endpoint in (None, "None") else endpoint)

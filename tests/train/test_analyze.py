@@ -1,26 +1,42 @@
-"""View-coefficient analysis: set coefficients come out exactly; CoST(b) shares; files are valid."""
+"""View-coefficient analysis: set coefficients come out exactly; CoST(b) shares; files are valid;
+``train/analyze.py --run`` and ``train/predict.py --run`` on a run logged to the MLflow test server."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
+from pipeline.prepare import main as prepare
+from pipeline.store import Store, read_table
 from train.analyze import VIEWS, ViewStats, write_analysis
+from train.analyze import main as analyze
+from train.checkpoints import make_model, save_state
+from train.config import load_config, to_dict
 from train.models import build_model
+from train.predict import main as predict
+from train.settings import TrainConfig
 
 SMALL = dict(num_classes=3, blocks=(1, 1, 1, 1), width=8, pool1_t=1, pool2=False)
+
+
+def set_coefficients(model) -> dict[str, np.ndarray]:
+    """Each CoST(a) layer's coefficients set to known shares (different per layer)."""
+    wanted = {}
+    for i, (name, layer) in enumerate(model.cost_layers().items()):
+        share = np.array([0.5 + 0.05 * i, 0.2, 0.3 - 0.05 * i])
+        with torch.no_grad():
+            layer.alpha_logits.copy_(torch.tensor(np.log(share)).float().expand_as(layer.alpha_logits))
+        wanted[name] = share
+    return wanted
 
 
 def test_cost_a_set_coefficients_are_the_shares():
     model = build_model("cost_a", **SMALL).eval()
     layers = model.cost_layers()
-    wanted = {}
-    for i, (name, layer) in enumerate(layers.items()):
-        share = np.array([0.5 + 0.05 * i, 0.2, 0.3 - 0.05 * i])
-        with torch.no_grad():
-            layer.alpha_logits.copy_(torch.tensor(np.log(share)).float().expand_as(layer.alpha_logits))
-        wanted[name] = share
+    wanted = set_coefficients(model)
     stats = ViewStats(model, 3)
     model(torch.zeros(2, 3, 4, 32, 32))
     stats.update(np.array([0, 2]))
@@ -65,3 +81,62 @@ def test_write_analysis_files(tmp_path):
     initial = np.exp(0.7) / (np.exp(0.7) + 2 * np.exp(-0.7))  # CoST(a)'s starting H-W coefficient
     assert layers[-1]["layer"] == "mean" and float(layers[0]["H-W"]) == pytest.approx(initial, abs=1e-6)
     assert {r["label"] for r in csv.DictReader(files[2].open())} == {"a", "b", "c"}
+
+
+@pytest.fixture(scope="module")
+def trained_run(ray_cluster, mlflow_server, tmp_path_factory) -> tuple[str, str, dict]:
+    """(run id, store, wanted shares): a finished run whose best checkpoint is a tiny CoST(a) model
+    with set coefficients, on a small synthetic store."""
+    root = tmp_path_factory.mktemp("analyze")
+    assert prepare(["--dataset", "synthetic", "--synthetic-kind", "appearance", "--classes", "3",
+                    "--videos-per-class", "8", "--stride", "4", "--root", str(root / "src"),
+                    "--out", str(root / "store")]) == 0
+    store = Store(str(root / "store"))
+    cfg = load_config(TrainConfig, Path(__file__).parents[2] / "configs" / "tiny_synthetic.yaml",
+                      [f"data.store={store.url}", "model.arch=cost_a"])
+    model = make_model(cfg.model, len(store.classes)).eval()
+    wanted = set_coefficients(model)
+    checkpoint = root / "checkpoint"
+    checkpoint.mkdir()
+    save_state(checkpoint, dict(model=model.state_dict(), config=to_dict(cfg), classes=store.classes,
+                                store_params=store.manifest["params"]))
+    client = MlflowClient(mlflow_server)
+    run = client.create_run(client.create_experiment("analyze-tests"), run_name="tiny-cost_a",
+                            tags={"mode": "train", "arch": "cost_a", "best_checkpoint": str(checkpoint)})
+    client.log_param(run.info.run_id, "data.s3_endpoint", "None")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id, store.url, wanted
+
+
+def test_analyze_run_writes_and_logs_the_set_shares(trained_run, mlflow_server, tmp_path, capsys):
+    run_id, store_url, wanted = trained_run
+    assert analyze(["--run", run_id, "--tracking-uri", mlflow_server, "--out", str(tmp_path), "--clips", "2"]) == 0
+    with open(tmp_path / "view_coefficients_layers.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["layer"] for r in rows] == list(wanted) + ["mean"]
+    for r in rows[:-1]:
+        assert [float(r[v]) for v in VIEWS] == pytest.approx(wanted[r["layer"]], abs=1e-6)
+    with open(tmp_path / "temporal_share_classes.csv") as f:
+        by_class = list(csv.DictReader(f))
+    val_videos = len({r["video_id"] for r in read_table(Store(store_url).shard_urls("val")[0]).to_pylist()})
+    assert sum(int(r["samples"]) for r in by_class) == 2 * val_videos  # 2 clips of every val video
+    assert "view shares over 4 CoST layers" in capsys.readouterr().out
+    logged = {f.path for f in MlflowClient(mlflow_server).list_artifacts(run_id, "analysis")}
+    assert {"analysis/view_coefficients_layers.png", "analysis/temporal_share_classes.csv"} <= logged
+
+
+def test_analyze_refuses_a_run_without_a_checkpoint(mlflow_server, capsys):
+    client = MlflowClient(mlflow_server)
+    run = client.create_run(client.create_experiment("analyze-unfinished"), run_name="unfinished")
+    assert analyze(["--run", run.info.run_id, "--tracking-uri", mlflow_server, "--no-log"]) == 2
+    assert "no best_checkpoint tag" in capsys.readouterr().err
+
+
+def test_predict_run_prints_top_classes_and_temporal_share(trained_run, mlflow_server, capsys):
+    run_id, store_url, wanted = trained_run
+    video = read_table(Store(store_url).shard_urls("val")[0], columns=["source"]).column("source")[0].as_py()
+    assert predict(["--run", run_id, "--tracking-uri", mlflow_server, "--top", "3", video]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{video}: ") and [line[:5] for line in out[1:4]] == ["  1. ", "  2. ", "  3. "]
+    temporal = np.mean([w[1] + w[2] for w in wanted.values()])
+    assert out[4].startswith(f"  temporal views: {temporal:.0%} of the coefficients")

@@ -18,6 +18,7 @@ def test_train_view_follows_the_scale_and_crop_ranges():
     assert all(0 <= v.top <= h - v.side and 0 <= v.left <= w - v.side for v in views)
     assert max(v.left for v in views) > 140 and min(v.left for v in views) < 10  # crops spread over the frame
     assert 0.45 < np.mean([v.flip for v in views]) < 0.55
+    assert not any(train_view(rng, h, w, flip=False).flip for _ in range(100))  # data.flip=false
 
 
 def test_eval_views_centre_and_three_crops():

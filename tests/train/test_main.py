@@ -20,6 +20,8 @@ from train.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "tiny_synthetic.yaml")
+# The demo's model on a cheaper task: 4-frame clips of the appearance store, validated every epoch.
+SMALL = ["data.frames=4", "data.stride=8", "data.test_clips=4", "trainer.val_every=1", "trainer.checkpoint_every=50"]
 STEPS_PER_EPOCH = 12  # 48 videos x 8 phase rows, one 4-frame clip each, over 2 workers x 16 clips
 
 
@@ -33,7 +35,7 @@ def store(ray_cluster, tmp_path_factory) -> str:
 
 def args(store: str, mlflow_server: str, tmp_path: Path, *extra: str) -> list[str]:
     return ["--config", CONFIG, f"data.store={store}", f"tracking.uri={mlflow_server}", "tracking.experiment=tests",
-            f"trainer.storage_path={tmp_path / 'runs'}", *extra]
+            f"trainer.storage_path={tmp_path / 'runs'}", *SMALL, *extra]
 
 
 def find_run(uri: str, name: str):
@@ -90,9 +92,10 @@ def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path):
     assert ev.data.metrics["test_loss"] == pytest.approx(run.data.metrics["test_loss"], rel=1e-4)
 
 
-def test_a_stopped_run_resumes_at_the_next_epoch(store, mlflow_server, tmp_path):
-    common = args(store, mlflow_server, tmp_path, "name=resume", "trainer.epochs=2", "trainer.log_every=4",
-                  "trainer.test_at_end=false", "tracking.log_model=false")
+def test_a_stopped_run_resumes_at_the_next_epoch(store, mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(store).parent)  # a store path relative to where the command runs
+    common = args(Path(store).name, mlflow_server, tmp_path, "name=resume", "trainer.epochs=2",
+                  "trainer.log_every=4", "trainer.test_at_end=false", "tracking.log_model=false")
     assert main(common + ["--stop-at-epoch", "1"]) == 0
     run = find_run(mlflow_server, "resume")
     assert run.info.status == "KILLED"

@@ -45,7 +45,11 @@ def test_row_clips_cover_a_row_without_overlap():
     rng = np.random.default_rng(3)
     pos = row_clip_positions(37, rng)  # a 300-frame video's phase row at stride 8
     assert pos.shape == (4, 8) and len(set(pos.ravel())) == 32 and pos.max() < 37
-    assert np.all((np.diff(pos, axis=1)) % 37 == 1)  # consecutive entries of the row
+    assert np.all(np.diff(pos, axis=1) == 1)  # consecutive entries, none wrapping around the row's end
+    assert np.all(pos[1:, 0] > pos[:-1, -1])  # in order, not overlapping
+    starts = {tuple(row_clip_positions(37, rng)[:, 0]) for _ in range(50)}
+    assert len(starts) > 10  # the 5 spare entries fall in random gaps
+    assert row_clip_positions(16, rng).tolist() == [list(range(8)), list(range(8, 16))]  # no spare entries
     assert row_clip_positions(4, rng).tolist()[0] in ([0, 1, 2, 3, 0, 1, 2, 3], [1, 2, 3, 0, 1, 2, 3, 0],
                                                       [2, 3, 0, 1, 2, 3, 0, 1], [3, 0, 1, 2, 3, 0, 1, 2])
 

@@ -1,11 +1,12 @@
 """The shipped configs load, pass the value checks and hold the paper's settings."""
 
+import os
 from pathlib import Path
 
 import pytest
 
-from train.config import ConfigError, load_config
-from train.settings import TrainConfig, check_values
+from train.config import ConfigError, from_dict, load_config
+from train.settings import TrainConfig, absolute_paths, check_values
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -30,3 +31,13 @@ def test_value_checks_name_the_key(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"'{key}'"):
         check_values(load_config(TrainConfig, None, ["data.store=s", override]))
+
+
+def test_local_paths_become_absolute_and_urls_stay(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = from_dict(TrainConfig, {"data": {"store": "demo-output/store"},
+                                  "model": {"pretrained": "~/resnet50.pth", "finetune_from": "s3://bucket/run/ckpt"}})
+    absolute_paths(cfg)
+    assert cfg.data.store == str(tmp_path / "demo-output" / "store")
+    assert cfg.model.pretrained == os.path.expanduser("~/resnet50.pth")
+    assert cfg.model.finetune_from == "s3://bucket/run/ckpt" and os.path.isabs(cfg.trainer.storage_path)

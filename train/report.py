@@ -1,0 +1,230 @@
+"""The paper's comparison tables, built from the finished training runs of an MLflow experiment.
+
+    python train/report.py --experiment cost [--out DIR] [--tracking-uri URI]
+
+One row per (dataset, model, arch, frames), as in the paper's Tables 2-5: parameters (M), GFLOPs
+per clip, training clips/s, single-clip validation and multi-clip test top-1/top-5 in %, as the
+mean and standard deviation over the group's runs (e.g. seeds); beside them the paper's published
+numbers where the row is one of the paper's settings (``train/paper_results.csv``). Then, per
+CoST run, the view-coefficient summary (paper Figs. 7-8) with its plots.
+
+Written to DIR as ``report.md`` and ``report.csv`` (plots under ``analysis/<run>/``), printed, and
+logged to a new run named "report" in the same experiment, so the MLflow UI shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
+from train import tracking  # noqa: E402
+from train.analyze import summary, write_csv  # noqa: E402
+from train.settings import HOME  # noqa: E402
+
+ARCH_NAMES = {"c2d": "C2D", "c3d": "C3D", "cost_a": "CoST(a)", "cost_b": "CoST(b)"}
+PAPER = Path(__file__).with_name("paper_results.csv")
+ACCURACY = ("val_top1", "val_top5", "test_top1", "test_top5")
+SAME_IN_A_GROUP = ("name", "trainer.seed")  # params that may differ between the runs of one row
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    name: str
+    key: tuple[str, str, str, int]  # (dataset, model, arch, frames)
+    metrics: dict[str, float]
+    hardware: str
+    params: dict[str, str] = field(repr=False)
+
+
+def dataset_label(dataset: str, classes: str | None) -> str:
+    """The store's dataset, with Kinetics' variant from its class count (kinetics400, ...)."""
+    return f"kinetics{classes}" if dataset == "kinetics" and classes else dataset
+
+
+def model_label(params: dict[str, str]) -> str:
+    """R50 / R101, or "blocks 1-1-1-1 w16" for a small model."""
+    blocks = params.get("model.blocks", "None")
+    if blocks == "None":
+        return f"R{params.get('model.depth', '?')}"
+    return f"blocks {'-'.join(c for c in blocks if c.isdigit())} w{params.get('model.width', '?')}"
+
+
+def collect(uri: str, experiment: str) -> list[RunResult]:
+    """The experiment's finished training runs (not evaluation-only or report runs)."""
+    client = tracking.client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"--experiment: no experiment {experiment!r} at {uri}")
+    runs = client.search_runs([exp.experiment_id], "tags.mode = 'train' and attributes.status = 'FINISHED'",
+                              max_results=10000)
+    results = []
+    for run in runs:
+        tags, params, metrics = run.data.tags, run.data.params, dict(run.data.metrics)
+        speed = [m.value for m in client.get_metric_history(run.info.run_id, "clips_per_s")]
+        if speed:
+            metrics["clips_per_s"] = float(np.median(speed))  # robust to the first window's start-up
+        key = (dataset_label(tags.get("dataset", "?"), tags.get("classes")), model_label(params),
+               tags.get("arch", params.get("model.arch", "?")), int(params.get("data.frames", 0)))
+        results.append(RunResult(run.info.run_id, run.info.run_name, key, metrics, tags.get("hardware", ""), params))
+    return results
+
+
+def load_paper(path: str | os.PathLike = PAPER) -> dict[tuple[str, str, str, int], dict]:
+    with open(path, newline="") as f:
+        rows = csv.DictReader(line for line in f if not line.startswith("#"))
+        return {(r["dataset"], r["model"], r["arch"], int(r["frames"])): r for r in rows}
+
+
+def table(runs: list[RunResult], paper: dict) -> list[dict]:
+    """One row per group of runs, in the paper's order (dataset, model, frames, then arch)."""
+    groups: dict[tuple, list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault(r.key, []).append(r)
+    order = list(ARCH_NAMES)
+
+    def sort_key(key: tuple) -> tuple:
+        dataset, model, arch, frames = key
+        return dataset, len(model), model, frames, order.index(arch) if arch in order else len(order), arch
+
+    rows = []
+    for key in sorted(groups, key=sort_key):
+        group = groups[key]
+        row: dict = dict(zip(("dataset", "model", "arch", "frames"), key, strict=True), runs=len(group))
+        for name, scale in (("params_m", 1), ("gflops", 1), ("clips_per_s", 1)) + tuple((m, 100) for m in ACCURACY):
+            values = [r.metrics[name] * scale for r in group if name in r.metrics]
+            row[name] = round(float(np.mean(values)), 2) if values else None
+            if name in ACCURACY:
+                row[f"{name}_std"] = round(float(np.std(values, ddof=1)), 2) if len(values) > 1 else None
+        published = paper.get(key, {})
+        row.update(paper_top1=published.get("top1"), paper_top5=published.get("top5"),
+                   paper_source=published.get("source"), hardware=", ".join(sorted({r.hardware for r in group} - {""})),
+                   run_ids=" ".join(r.run_id for r in group))
+        rows.append(row)
+    return rows
+
+
+def mixed_settings(runs: list[RunResult]) -> list[str]:
+    """A note per row whose runs differ in more than their name and seed."""
+    groups: dict[tuple, list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault(r.key, []).append(r)
+    notes = []
+    for key, group in groups.items():
+        keys = set().union(*(r.params for r in group)) - set(SAME_IN_A_GROUP)
+        differ = sorted(k for k in keys if len({r.params.get(k) for r in group}) > 1)
+        if differ:
+            notes.append(f"{' / '.join(map(str, key))}: its runs differ in {', '.join(differ)}")
+    return notes
+
+
+def _cell(row: dict, name: str) -> str:
+    value, std = row.get(name), row.get(f"{name}_std")
+    if value is None:
+        return "-"
+    text = f"{value:.1f}" if name in ACCURACY or name == "clips_per_s" else f"{value:.3g}"  # params, GFLOPs
+    return f"{text} ± {std:.1f}" if std is not None else text
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ["Dataset", "Model", "Arch", "Frames", "Runs", "Params (M)", "GFLOPs", "Train clips/s", "Val top-1",
+            "Val top-5", "Test top-1", "Test top-5", "Paper top-1", "Paper top-5"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["dataset"], r["model"], ARCH_NAMES.get(r["arch"], r["arch"]), str(r["frames"]), str(r["runs"]),
+                 _cell(r, "params_m"), _cell(r, "gflops"), _cell(r, "clips_per_s"),
+                 *(_cell(r, m) for m in ACCURACY), r["paper_top1"] or "-", r["paper_top5"] or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+NOTES = """Accuracy in %: val is the single-clip validation after the last epoch; test is the multi-clip
+protocol (data.test_clips clips x data.test_crops crops, softmax averaged per video). "± s": standard
+deviation over the row's runs. GFLOPs: one forward pass of one clip (a multiply-add is 2 FLOPs).
+Train clips/s: median over the logged windows, all workers together ({hardware}). Paper: Li et al.,
+CVPR 2019, validation sets, 10 clips, ImageNet initialisation (train/paper_results.csv)."""
+
+
+def view_section(uri: str, runs: list[RunResult], out: Path) -> str:
+    """Per CoST run, the summary of its analysis/ artifacts, whose files are copied to out/analysis/<run>/."""
+    parts = []
+    client = tracking.client(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a report, not a progress bar
+    for r in sorted(runs, key=lambda r: (r.key, r.name)):
+        if not r.key[2].startswith("cost"):
+            continue
+        folder = out / "analysis" / r.name
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                got = Path(client.download_artifacts(r.run_id, "analysis", tmp))
+                shutil.copytree(got, folder, dirs_exist_ok=True)
+        except Exception as e:  # the run has no analysis (e.g. trained without test_at_end)
+            parts.append(f"**{r.name}**: no view-coefficient analysis ({str(e).splitlines()[0][:120]}); "
+                         f"run `python train/analyze.py --run {r.run_id}`")
+            continue
+        layers = _read_csv(folder / "view_coefficients_layers.csv")
+        by_class = _read_csv(folder / "temporal_share_classes.csv")
+        plots = ", ".join(f"[{p.stem}](analysis/{r.name}/{p.name})" for p in sorted(folder.glob("*.png")))
+        text = summary(layers, by_class).replace("\n", "  \n")
+        parts.append(f"**{r.name}** ({' / '.join(map(str, r.key))}): {text}  \nplots: {plots}")
+    return "\n\n".join(parts)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--experiment", required=True, help="the MLflow experiment (tracking.experiment of the runs)")
+    p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the local SQLite store")
+    p.add_argument("--out", help="folder for report.md, report.csv and the plots (default: reports/EXPERIMENT "
+                                 "under the home)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    args = p.parse_args(argv)
+    uri = tracking.tracking_uri(args.tracking_uri)
+    try:
+        runs = collect(uri, args.experiment)
+    except ValueError as e:
+        print(f"report: {e}", file=sys.stderr)
+        return 2
+    if not runs:
+        print(f"report: experiment {args.experiment!r} has no finished training runs yet", file=sys.stderr)
+        return 1
+    out = Path(args.out or os.path.join(HOME, "reports", args.experiment))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table(runs, load_paper())
+    hardware = ", ".join(sorted({r.hardware for r in runs} - {""})) or "not recorded"
+    notes = "\n".join(f"- note: {n}" for n in mixed_settings(runs))
+    views = view_section(uri, runs, out)
+    text = (f"# {args.experiment}: {len(runs)} runs, {time.strftime('%Y-%m-%d')}\n\n{markdown(rows)}\n\n"
+            f"{NOTES.format(hardware=hardware)}\n{notes}\n\n## View coefficients (paper Figs. 7-8)\n\n"
+            f"{views or 'no CoST runs'}\n")
+    (out / "report.md").write_text(text)
+    write_csv(rows, out / "report.csv")
+    print(text)
+    print(f"[report] {out / 'report.md'}, {out / 'report.csv'}; plots under {out / 'analysis'}")
+    if not args.no_log:
+        client = tracking.client(uri)
+        run = client.create_run(tracking.experiment_id(uri, args.experiment), run_name="report",
+                                tags={"mode": "report"})
+        client.log_artifacts(run.info.run_id, str(out))
+        client.set_terminated(run.info.run_id)
+        print(f"[report] logged to MLflow run {run.info.run_id} ('report') in experiment {args.experiment!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
