@@ -113,8 +113,8 @@ def layer_table(args: argparse.Namespace) -> None:
         print(f"{name:18} {sec * 1e3:9.2f} {sec / times['C2D 1x3x3 conv']:8.2f}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The model-size and timing options the model benchmarks share."""
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--depth", type=int, default=0, help="50 or 101; 0 = tiny trunk for CPU")
     p.add_argument("--frames", type=int, default=8)
@@ -122,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true", help="channels-last-3d memory format")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")

@@ -1,14 +1,8 @@
 """bench/loader.py runs end to end at a tiny size and prints both loaders' rates and their ratio."""
 
-import importlib.util
-from pathlib import Path
 
-
-def test_loader_benchmark_prints_its_table(ray_cluster, tmp_path, capsys):
-    path = Path(__file__).resolve().parents[2] / "bench" / "loader.py"
-    spec = importlib.util.spec_from_file_location("bench_loader", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_loader_benchmark_prints_its_table(ray_cluster, tmp_path, capsys, bench_script):
+    bench = bench_script("loader")
     assert bench.main(["--videos", "4", "--frames", "24", "--size", "48x64", "--short-side", "40", "--crop", "32",
                        "--passes", "1", "--decord-clips", "4", "--gpu-clips-per-s", "100",
                        "--dir", str(tmp_path)]) == 0

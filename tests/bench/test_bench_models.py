@@ -1,14 +1,8 @@
 """bench/models.py runs on CPU at a tiny size and prints every architecture and formulation."""
 
-import importlib.util
-from pathlib import Path
 
-
-def test_models_benchmark_prints_all_rows(capsys):
-    path = Path(__file__).resolve().parents[2] / "bench" / "models.py"
-    spec = importlib.util.spec_from_file_location("bench_models", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_models_benchmark_prints_all_rows(capsys, bench_script):
+    bench = bench_script("models")
     assert bench.main(["--size", "32", "--frames", "4", "--iters", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     for row in ("c2d", "c3d", "cost_a", "cost_b", "cost_a (composed)", "CoST(b) views", "CoST(b) stacked"):

@@ -1,14 +1,8 @@
 """bench/prepare.py runs end to end at a tiny size and prints throughput and bytes per clip."""
 
-import importlib.util
-from pathlib import Path
 
-
-def test_prepare_benchmark_prints_its_table(ray_cluster, tmp_path, capsys):
-    path = Path(__file__).resolve().parents[2] / "bench" / "prepare.py"
-    spec = importlib.util.spec_from_file_location("bench_prepare", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_prepare_benchmark_prints_its_table(ray_cluster, tmp_path, capsys, bench_script):
+    bench = bench_script("prepare")
     assert bench.main(["--videos", "4", "--frames", "24", "--size", "48x64", "--short-side", "32",
                        "--workers", "1,2", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -1,0 +1,87 @@
+"""Training-step throughput of C2D, C3D, CoST(a) and CoST(b): forward, backward and an SGD step
+per batch, eager and ``torch.compile``d, one after another in one process. Imports only torch.
+
+    python bench/train_throughput.py                     # CPU, tiny trunk, eager (seconds)
+    python bench/train_throughput.py --device cuda --depth 50 --size 224 --batch 32 --modes eager,compiled
+
+On CUDA the step runs as training does (train/loop.py): bf16 autocast, channels-last-3d model and
+input. Prints clips/s per (architecture, mode), the ratio to compiled C2D (to eager C2D when
+compiled is not run) and the peak GPU memory; the table heads with the machine, the versions and
+the date, ready for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# The GPU machine runs this from a bare checkout (no project install): import from the repo root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.models import common_args, timed  # noqa: E402
+from train.models import ARCHS, build_model  # noqa: E402
+
+
+def measure(arch: str, mode: str, args: argparse.Namespace) -> tuple[float, float | None]:
+    """(clips/s, peak GPU memory in GiB or None on CPU) of one architecture's training step."""
+    cuda = args.device == "cuda"
+    kwargs = dict(depth=args.depth) if args.depth else dict(blocks=(1, 1, 1, 1), width=16)
+    model = build_model(arch, num_classes=400, **kwargs).to(args.device)
+    fmt = torch.channels_last_3d if cuda else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    net = torch.compile(model) if mode == "compiled" else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=args.device).contiguous(
+        memory_format=fmt)
+    y = torch.randint(0, 400, (args.batch,), device=args.device)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not args.fp32 else nullcontext()
+
+    def step() -> None:
+        with amp:
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    warmup = args.warmup + (2 if mode == "compiled" else 0)  # compilation happens in the first calls
+    sec = timed(step, args.iters, warmup, args.device)
+    return args.batch / sec, torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    p.add_argument("--modes", default="eager", help="comma-separated: eager, compiled")
+    p.add_argument("--archs", default=",".join(ARCHS), help="comma-separated subset of " + ", ".join(ARCHS))
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    args = p.parse_args(argv)
+    modes = args.modes.split(",")
+    if set(modes) - {"eager", "compiled"} or set(args.archs.split(",")) - set(ARCHS):
+        p.error("--modes takes eager and/or compiled; --archs a subset of " + ", ".join(ARCHS))
+    torch.manual_seed(0)
+    rows = [(arch, mode, *measure(arch, mode, args)) for arch in args.archs.split(",") for mode in modes]
+    rates = {(a, m): r for a, m, r, _ in rows}
+    base_mode = "compiled" if "compiled" in modes else "eager"
+    base = rates.get(("c2d", base_mode))
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = f"ResNet-{args.depth}" if args.depth else "tiny trunk (1,1,1,1) width 16"
+    precision = "bf16 autocast, channels-last-3d" if args.device == "cuda" and not args.fp32 else "fp32"
+    print(f"\ntraining step (forward, backward, SGD), {name}, batch {args.batch} x 3x{args.frames}x{args.size}x"
+          f"{args.size}, {precision}\n{where}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
+    print(f"{'arch':8} {'mode':9} {'clips/s':>9} {f'vs {base_mode} C2D':>16} {'peak GiB':>9}")
+    for arch, mode, rate, peak in rows:
+        ratio = f"{rate / base:.2f}" if base else "-"
+        memory = f"{peak:.2f}" if peak is not None else "-"
+        print(f"{arch:8} {mode:9} {rate:9.2f} {ratio:>16} {memory:>9}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
