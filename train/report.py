@@ -87,11 +87,17 @@ def load_paper(path: str | os.PathLike = PAPER) -> dict[tuple[str, str, str, int
         return {(r["dataset"], r["model"], r["arch"], int(r["frames"])): r for r in rows}
 
 
-def table(runs: list[RunResult], paper: dict) -> list[dict]:
-    """One row per group of runs, in the paper's order (dataset, model, frames, then arch)."""
+def by_key(runs: list[RunResult]) -> dict[tuple, list[RunResult]]:
+    """The runs grouped by their row: (dataset, model, arch, frames)."""
     groups: dict[tuple, list[RunResult]] = {}
     for r in runs:
         groups.setdefault(r.key, []).append(r)
+    return groups
+
+
+def table(runs: list[RunResult], paper: dict) -> list[dict]:
+    """One row per group of runs, in the paper's order (dataset, model, frames, then arch)."""
+    groups = by_key(runs)
     order = list(ARCH_NAMES)
 
     def sort_key(key: tuple) -> tuple:
@@ -117,9 +123,7 @@ def table(runs: list[RunResult], paper: dict) -> list[dict]:
 
 def mixed_settings(runs: list[RunResult]) -> list[str]:
     """A note per row whose runs differ in more than their name and seed."""
-    groups: dict[tuple, list[RunResult]] = {}
-    for r in runs:
-        groups.setdefault(r.key, []).append(r)
+    groups = by_key(runs)
     notes = []
     for key, group in groups.items():
         keys = set().union(*(r.params for r in group)) - set(SAME_IN_A_GROUP)
