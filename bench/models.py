@@ -6,10 +6,8 @@ formulations. Imports only torch: it runs on the GPU machine too.
     python bench/models.py --device cuda --depth 50 --size 224 --batch 32 --bf16 --channels-last
 
 Prints, per architecture, parameters (M), clips/s and the ratio to C2D; then, for one CoST layer
-of ResNet-50's res3 shape, the time of each formulation relative to C2D's 1x3x3 convolution:
-CoST(a) as three view convolutions or one composed 3x3x3 convolution; CoST(b) as three view
-convolutions or one stacked convolution (3*C_out outputs, each view's kernel embedded in a
-3x3x3 cube) split into views.
+of ResNet-50's res3 shape, the time of each formulation (train/models/cost.py: views, stacked,
+fold, and composed for CoST(a)) relative to C2D's 1x3x3 convolution.
 """
 
 from __future__ import annotations
@@ -22,11 +20,11 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 # The GPU machine runs this from a bare checkout (no project install): import from the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train.models import ARCHS, CoST, build_model, compose_kernel, mix_views  # noqa: E402
+from train.models import ARCHS, IMPLS, CoST, build_model  # noqa: E402
 
 
 def timed(step: Callable[[], None], iters: int, warmup: int, device: str) -> float:
@@ -80,31 +78,19 @@ def layer_table(args: argparse.Namespace) -> None:
     """One res3-shaped layer: C=128, T=4, 28x28 at 224 input (scaled with --size)."""
     c, t, s = 128, max(args.frames // 2, 1), max(args.size // 8, 4)
     x = torch.randn(args.batch, c, t, s, s, device=args.device, requires_grad=True)
-    w2d = torch.randn(c, c, 1, 3, 3, device=args.device, requires_grad=True)
-    cost_a = {impl: CoST(c, c, mode="a", impl=impl).to(args.device) for impl in ("views", "composed")}
-    cost_b = CoST(c, c, mode="b").to(args.device)
-    one_hot = torch.eye(3, device=args.device)
-
-    def stacked_b() -> torch.Tensor:
-        # Each view's kernel embedded in a 3x3x3 cube, all three in one convolution.
-        w = cost_b.view_weights()
-        cube = torch.cat([compose_kernel(w, one_hot[v].expand(c, 3)) for v in range(3)])
-        views = list(F.conv3d(x, cube, padding=1).chunk(3, dim=1))
-        return mix_views(views, cost_b.predict_alpha(views))
-
-    options = {
-        "C2D 1x3x3 conv": lambda: F.conv3d(x, w2d, padding=(0, 1, 1)),
-        "CoST(a) views": lambda: cost_a["views"](x),
-        "CoST(a) composed": lambda: cost_a["composed"](x),
-        "CoST(b) views": lambda: cost_b(x),
-        "CoST(b) stacked": stacked_b,
-    }
+    options: dict[str, nn.Module] = {"C2D 1x3x3 conv": nn.Conv3d(c, c, (1, 3, 3), padding=(0, 1, 1), bias=False)}
+    for mode in "ab":
+        for impl in IMPLS[1:]:  # each formulation by name ("auto" picks one of them)
+            if not (mode == "b" and impl == "composed"):
+                options[f"CoST({mode}) {impl}"] = CoST(c, c, mode=mode, impl=impl)
     amp = torch.autocast(args.device, dtype=torch.bfloat16) if args.bf16 else nullcontext()
     times = {}
-    for name, fn in options.items():
-        def step(fn=fn) -> None:
+    for name, layer in options.items():
+        layer.to(args.device)
+
+        def step(layer=layer) -> None:
             with amp:
-                out = fn()
+                out = layer(x)
             out.float().square().mean().backward()
         times[name] = timed(step, args.iters, args.warmup, args.device)
     print(f"\none CoST layer, forward+backward, x ({args.batch}, {c}, {t}, {s}, {s})")

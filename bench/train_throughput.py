@@ -3,10 +3,12 @@ per batch, eager and ``torch.compile``d, one after another in one process. Impor
 
     python bench/train_throughput.py                     # CPU, tiny trunk, eager (seconds)
     python bench/train_throughput.py --device cuda --depth 50 --size 224 --batch 32 --modes eager,compiled
+    python bench/train_throughput.py --cost-impls views,stacked,fold,composed   # every CoST formulation
 
 On CUDA the step runs as training does (train/loop.py): bf16 autocast, channels-last-3d model and
 input. Prints clips/s per (architecture, mode), the ratio to compiled C2D (to eager C2D when
-compiled is not run) and the peak GPU memory; the table heads with the machine, the versions and
+compiled is not run) and the peak GPU memory; CoST rows name their formulation (train/models/cost.py;
+``composed`` is CoST(a) only); the table heads with the machine, the versions and
 the date, ready for bench/RESULTS.md.
 """
 
@@ -24,13 +26,21 @@ import torch.nn.functional as F
 # The GPU machine runs this from a bare checkout (no project install): import from the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.models import common_args, timed  # noqa: E402
-from train.models import ARCHS, build_model  # noqa: E402
+from train.models import ARCHS, IMPLS, build_model  # noqa: E402
 
 
-def measure(arch: str, mode: str, args: argparse.Namespace) -> tuple[float, float | None]:
+def variants(archs: list[str], impls: list[str]) -> list[tuple[str, str]]:
+    """(arch, CoST formulation) pairs to measure: C2D and C3D once, CoST archs per formulation."""
+    return [(a, i) for a in archs for i in (impls if a.startswith("cost") else ["-"])
+            if not (a == "cost_b" and i == "composed")]
+
+
+def measure(arch: str, impl: str, mode: str, args: argparse.Namespace) -> tuple[float, float | None]:
     """(clips/s, peak GPU memory in GiB or None on CPU) of one architecture's training step."""
     cuda = args.device == "cuda"
     kwargs = dict(depth=args.depth) if args.depth else dict(blocks=(1, 1, 1, 1), width=16)
+    if impl != "-":
+        kwargs["cost_impl"] = impl
     model = build_model(arch, num_classes=400, **kwargs).to(args.device)
     fmt = torch.channels_last_3d if cuda else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -60,14 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     p = common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--modes", default="eager", help="comma-separated: eager, compiled")
     p.add_argument("--archs", default=",".join(ARCHS), help="comma-separated subset of " + ", ".join(ARCHS))
+    p.add_argument("--cost-impls", default="auto", help="comma-separated CoST formulations: " + ", ".join(IMPLS))
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     args = p.parse_args(argv)
-    modes = args.modes.split(",")
-    if set(modes) - {"eager", "compiled"} or set(args.archs.split(",")) - set(ARCHS):
-        p.error("--modes takes eager and/or compiled; --archs a subset of " + ", ".join(ARCHS))
+    modes, archs, impls = args.modes.split(","), args.archs.split(","), args.cost_impls.split(",")
+    if set(modes) - {"eager", "compiled"} or set(archs) - set(ARCHS) or set(impls) - set(IMPLS):
+        p.error("--modes takes eager and/or compiled; --archs a subset of " + ", ".join(ARCHS) +
+                "; --cost-impls a subset of " + ", ".join(IMPLS))
     torch.manual_seed(0)
-    rows = [(arch, mode, *measure(arch, mode, args)) for arch in args.archs.split(",") for mode in modes]
-    rates = {(a, m): r for a, m, r, _ in rows}
+    rows = [(arch, impl, mode, *measure(arch, impl, mode, args))
+            for arch, impl in variants(archs, impls) for mode in modes]
+    rates = {(a, m): r for a, _, m, r, _ in rows}
     base_mode = "compiled" if "compiled" in modes else "eager"
     base = rates.get(("c2d", base_mode))
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -75,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     precision = "bf16 autocast, channels-last-3d" if args.device == "cuda" and not args.fp32 else "fp32"
     print(f"\ntraining step (forward, backward, SGD), {name}, batch {args.batch} x 3x{args.frames}x{args.size}x"
           f"{args.size}, {precision}\n{where}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
-    print(f"{'arch':8} {'mode':9} {'clips/s':>9} {f'vs {base_mode} C2D':>16} {'peak GiB':>9}")
-    for arch, mode, rate, peak in rows:
+    print(f"{'arch':8} {'cost impl':9} {'mode':9} {'clips/s':>9} {f'vs {base_mode} C2D':>16} {'peak GiB':>9}")
+    for arch, impl, mode, rate, peak in rows:
         ratio = f"{rate / base:.2f}" if base else "-"
         memory = f"{peak:.2f}" if peak is not None else "-"
-        print(f"{arch:8} {mode:9} {rate:9.2f} {ratio:>16} {memory:>9}")
+        print(f"{arch:8} {impl:9} {mode:9} {rate:9.2f} {ratio:>16} {memory:>9}")
     return 0
 
 

@@ -50,7 +50,7 @@ class ModelConfig:
     pool1_t: Literal[1, 3] = 3
     pool2: bool = True
     dropout: float = 0.5
-    cost_impl: Literal["auto", "views", "composed"] = "auto"
+    cost_impl: Literal["auto", "views", "stacked", "fold", "composed"] = "auto"  # train/models/cost.py
     pretrained: str | None = None  # ImageNet 2D ResNet state dict (torchvision names) to inflate from
     inflate: Literal["mean", "center"] = "mean"
     finetune_from: str | None = None  # a checkpoint of this project to start from (classifier re-made)
@@ -145,6 +145,9 @@ def check_values(cfg: TrainConfig) -> None:
                           f"got {list(o.milestones)}")
     if t.cpus_per_worker <= 0 or d.loader_cpus <= 0:
         raise ConfigError("config keys 'trainer.cpus_per_worker' and 'data.loader_cpus' must be > 0")
+    if cfg.model.cost_impl == "composed" and cfg.model.arch != "cost_a":
+        raise ConfigError(f"config key 'model.cost_impl': 'composed' is for arch cost_a only, got arch "
+                          f"{cfg.model.arch!r}; use auto, views, stacked or fold")
     if d.shuffle_buffer < 0 or t.max_failures < -1:
         raise ConfigError("config key 'data.shuffle_buffer' must be >= 0 and 'trainer.max_failures' >= -1")
 

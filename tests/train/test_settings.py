@@ -2,11 +2,13 @@
 
 import os
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import pytest
 
 from train.config import ConfigError, from_dict, load_config
-from train.settings import TrainConfig, absolute_paths, check_values
+from train.models import IMPLS
+from train.settings import ModelConfig, TrainConfig, absolute_paths, check_values
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -26,7 +28,8 @@ def test_config_loads_and_checks(path):
 
 
 @pytest.mark.parametrize("override", ["data.frames=0", "data.train_short_side=[300, 200]",
-                                      "data.eval_short_side=100", "optim.milestones=[1.5]"])
+                                      "data.eval_short_side=100", "optim.milestones=[1.5]",
+                                      "model.cost_impl=composed"])
 def test_value_checks_name_the_key(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"'{key}'"):
@@ -41,3 +44,7 @@ def test_local_paths_become_absolute_and_urls_stay(tmp_path, monkeypatch):
     assert cfg.data.store == str(tmp_path / "demo-output" / "store")
     assert cfg.model.pretrained == os.path.expanduser("~/resnet50.pth")
     assert cfg.model.finetune_from == "s3://bucket/run/ckpt" and os.path.isabs(cfg.trainer.storage_path)
+
+
+def test_the_config_offers_every_cost_formulation():
+    assert get_args(get_type_hints(ModelConfig)["cost_impl"]) == IMPLS

@@ -23,18 +23,25 @@ CoST(a) learns the coefficients as free parameters (C_out, 3). CoST(b) predicts 
 (eq. 3, Fig. 5): global max pool of each view -> one shared C->C linear map (no bias) ->
 stacked (N, C, 3) -> a 3->3 linear map over views (no bias) -> softmax over views.
 
-Formulations: ``views`` runs three 3D convolutions. For CoST(a) ``composed`` folds the
-coefficients into one 3x3x3 kernel (19 non-zero taps, the 8 corners zero) and runs one 3D
-convolution - the same linear map, with a third of the convolution calls. ``auto`` uses
-``composed`` for CoST(a) on CUDA and ``views`` otherwise: on CPU the whole model is faster with
-three thin convolutions (bench/models.py, ResNet-50 8x112x112, 2 cores: CoST(a) 1.96 clips/s
-as views, 1.75 composed; C2D 3.21). CoST(b) needs each view's output for its coefficients, so
-it always runs the views; one stacked 3x3x3 convolution of all views measured 2.3x slower.
+Formulations (``impl``), all the same operation (tests/train/models/test_cost.py checks outputs
+and gradients of each against ``views``):
+  ``views``    three 3D convolutions, one per view (the reference);
+  ``stacked``  one 3D convolution with 3*C_out outputs, each view's kernel embedded in its own
+               3x3x3 cube, split into the three views (one call, three times the arithmetic);
+  ``fold``     three 2D convolutions with the view's third axis folded into the batch: frames
+               for H-W, (strided) rows for T-W, (strided) columns for T-H;
+  ``composed`` CoST(a) only: the coefficients folded into one 3x3x3 kernel (19 non-zero taps,
+               the 8 corners zero) and one 3D convolution - a third of the view calls and no
+               view tensors. CoST(b) needs each view's output for its coefficients.
+``auto`` uses ``composed`` for CoST(a) on CUDA and ``views`` otherwise: on CPU the whole model is
+faster with three thin convolutions (bench/models.py, ResNet-50 8x112x112, 2 cores: CoST(a) 1.96
+clips/s as views, 1.75 composed; C2D 3.21). bench/train_throughput.py --cost-impls measures every
+formulation in the whole training step (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +51,8 @@ VIEWS = ("hw", "tw", "th")
 # Kernel-axis insertion point and padding for each view of a (C_out, C_in, 3, 3) kernel.
 _UNSQUEEZE = {"hw": 2, "tw": 3, "th": 4}
 _PADDING = {"hw": (0, 1, 1), "tw": (1, 0, 1), "th": (1, 1, 0)}
+Impl = Literal["auto", "views", "stacked", "fold", "composed"]
+IMPLS: tuple[str, ...] = get_args(Impl)
 
 
 def view_kernel(w: torch.Tensor, view: str) -> torch.Tensor:
@@ -51,19 +60,41 @@ def view_kernel(w: torch.Tensor, view: str) -> torch.Tensor:
     return w.unsqueeze(_UNSQUEEZE[view])
 
 
+def view_cubes(weights: torch.Tensor) -> torch.Tensor:
+    """(3, C_out, C_in, 3, 3) view kernels -> (3, C_out, C_in, 3, 3, 3): each view's kernel in
+    the central plane of its own cube (dt = 0 for H-W, dh = 0 for T-W, dw = 0 for T-H)."""
+    cubes = weights.new_zeros(*weights.shape[:3], 3, 3, 3)
+    cubes[0, :, :, 1, :, :] = weights[0]
+    cubes[1, :, :, :, 1, :] = weights[1]
+    cubes[2, :, :, :, :, 1] = weights[2]
+    return cubes
+
+
 def compose_kernel(weights: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """One (C_out, C_in, 3, 3, 3) kernel equal to the alpha-weighted sum of the three views.
 
     ``weights`` is (3, C_out, C_in, 3, 3) (one kernel per view, the same one when shared),
-    ``alpha`` is (C_out, 3). Each view fills one central plane of the cube; the planes meet on
-    the central axes, so 19 taps are non-zero and the 8 corners stay zero.
+    ``alpha`` is (C_out, 3). The view planes meet on the central axes, so 19 taps are non-zero
+    and the 8 corners stay zero.
     """
-    a = alpha.to(weights.dtype)[:, :, None, None, None]  # (C_out, 3, 1, 1, 1)
-    out = weights.new_zeros(*weights.shape[1:3], 3, 3, 3)
-    out[:, :, 1, :, :] += a[:, 0] * weights[0]  # H-W plane: dt = 0
-    out[:, :, :, 1, :] += a[:, 1] * weights[1]  # T-W plane: dh = 0
-    out[:, :, :, :, 1] += a[:, 2] * weights[2]  # T-H plane: dw = 0
-    return out
+    a = alpha.to(weights.dtype).t()[:, :, None, None, None, None]  # (3, C_out, 1, 1, 1, 1)
+    return (a * view_cubes(weights)).sum(0)
+
+
+def folded_views(x: torch.Tensor, weights: torch.Tensor, stride: int) -> list[torch.Tensor]:
+    """The three views as 2D convolutions, each with its view's third axis folded into the batch.
+
+    A view's kernel has size 1 along that axis, so the 3D convolution is a 2D one per frame /
+    row / column; spatial stride s keeps every s-th row (T-W) or column (T-H).
+    """
+    n, s = x.shape[0], stride
+    hw = F.conv2d(x.transpose(1, 2).flatten(0, 1), weights[0], stride=s, padding=1)  # (N*T, C, H', W')
+    hw = hw.unflatten(0, (n, -1)).transpose(1, 2)
+    rows = x[:, :, :, ::s].permute(0, 3, 1, 2, 4).flatten(0, 1)  # (N*H', C, T, W)
+    tw = F.conv2d(rows, weights[1], stride=(1, s), padding=1).unflatten(0, (n, -1)).permute(0, 2, 3, 1, 4)
+    cols = x[..., ::s].permute(0, 4, 1, 2, 3).flatten(0, 1)  # (N*W', C, T, H)
+    th = F.conv2d(cols, weights[2], stride=(1, s), padding=1).unflatten(0, (n, -1)).permute(0, 2, 3, 4, 1)
+    return [hw, tw, th]
 
 
 def mix_views(views: list[torch.Tensor], alpha: torch.Tensor) -> torch.Tensor:
@@ -78,12 +109,12 @@ class CoST(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1,
                  mode: Literal["a", "b"] = "a", shared: bool = True,
-                 impl: Literal["auto", "views", "composed"] = "auto") -> None:
+                 impl: Impl = "auto") -> None:
         super().__init__()
         if mode not in ("a", "b"):
             raise ValueError(f"CoST mode must be 'a' or 'b', got {mode!r}")
-        if impl not in ("auto", "views", "composed"):
-            raise ValueError(f"CoST impl must be 'auto', 'views' or 'composed', got {impl!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"CoST impl must be one of {', '.join(IMPLS)}, got {impl!r}")
         if mode == "b" and impl == "composed":
             raise ValueError("CoST(b) needs each view's output for its coefficients: impl='composed' "
                              "is for CoST(a) only")
@@ -111,6 +142,11 @@ class CoST(nn.Module):
         """The three view outputs x_hw, x_tw, x_th, each (N, C_out, T, H/s, W/s)."""
         w = self.view_weights()
         stride = (1, self.stride, self.stride)
+        if self.impl == "fold":
+            return folded_views(x, w, self.stride)
+        if self.impl == "stacked":
+            stacked = F.conv3d(x, view_cubes(w).flatten(0, 1), stride=stride, padding=1)
+            return list(stacked.unflatten(1, (3, -1)).unbind(1))
         return [F.conv3d(x, view_kernel(w[i], v), stride=stride, padding=_PADDING[v])
                 for i, v in enumerate(VIEWS)]
 

@@ -188,7 +188,7 @@ ARCHS: dict[str, Callable[..., VideoResNet]] = {"c2d": c2d, "c3d": c3d, "cost_a"
 
 def build_model(arch: str, *, depth: int = 50, num_classes: int = 400, **kwargs) -> VideoResNet:
     """``arch`` in ARCHS; keyword settings: blocks, temporal, width, pool1_t, pool2, dropout,
-    cost_shared, cost_impl ('auto', 'views', 'composed'), frozen_bn."""
+    cost_shared, cost_impl (train/models/cost.py: auto, views, stacked, fold, composed), frozen_bn."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     return ARCHS[arch](depth=depth, num_classes=num_classes, **kwargs)

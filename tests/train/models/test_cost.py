@@ -1,4 +1,5 @@
-"""The CoST operation is exactly the paper's: axis mapping, C2D limit, composed kernel, CoST(b) branch."""
+"""The CoST operation is exactly the paper's: axis mapping, C2D limit, CoST(b) branch, and every
+formulation (stacked, fold, composed) equal to three view convolutions, forward and backward."""
 
 import pytest
 import torch
@@ -61,23 +62,57 @@ def test_unshared_with_equal_views_equals_shared(mode):
     torch.testing.assert_close(unshared(x), shared(x))
 
 
+FORMULATIONS = [("a", "stacked"), ("a", "fold"), ("a", "composed"), ("b", "stacked"), ("b", "fold")]
+
+
+def random_pair(mode: str, impl: str, **kwargs) -> tuple[CoST, CoST]:
+    """The reference (three view convolutions) and ``impl`` with the same random parameters."""
+    ref = CoST(3, 5, mode=mode, impl="views", **kwargs)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_()
+    other = CoST(3, 5, mode=mode, impl=impl, **kwargs)
+    other.load_state_dict(ref.state_dict())
+    return ref, other
+
+
+def outputs_and_grads(layer: CoST, x: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+    x = x.detach().clone().requires_grad_(True)
+    y = layer(x)
+    (y * g).sum().backward()
+    params = {n.removeprefix("_orig_mod."): p.grad for n, p in layer.named_parameters()}  # compiled too
+    return {"output": y.detach(), "input grad": x.grad, **params}
+
+
+@pytest.mark.parametrize("mode,impl", FORMULATIONS)
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_composed_and_views_agree_with_gradients(shared, stride):
-    plain = CoST(3, 5, stride=stride, mode="a", shared=shared, impl="views")
-    fast = CoST(3, 5, stride=stride, mode="a", shared=shared, impl="composed")
-    with torch.no_grad():
-        plain.alpha_logits.normal_()
-    fast.load_state_dict(plain.state_dict())
-    x1 = torch.randn(2, 3, 6, 9, 9, requires_grad=True)
-    x2 = x1.detach().clone().requires_grad_(True)
-    g = torch.randn_like(plain(x1))
-    (plain(x1) * g).sum().backward()
-    (fast(x2) * g).sum().backward()
-    torch.testing.assert_close(fast(x2), plain(x1), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-5, rtol=1e-5)
-    for (name, p1), (_, p2) in zip(plain.named_parameters(), fast.named_parameters(), strict=True):
-        torch.testing.assert_close(p2.grad, p1.grad, atol=1e-4, rtol=1e-4, msg=name)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d"])
+def test_every_formulation_equals_the_views_forward_and_backward(mode, impl, shared, stride, layout):
+    ref, other = random_pair(mode, impl, shared=shared, stride=stride)
+    ref, other = ref.double(), other.double()  # float64: any real difference is far above rounding
+    x = torch.randn(2, 3, 5, 9, 8, dtype=torch.float64)  # odd sizes: strided views keep row / column 0
+    if layout == "channels_last_3d":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    g = torch.randn_like(ref(x))
+    want, got = outputs_and_grads(ref, x, g), outputs_and_grads(other, x, g)
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-10, rtol=1e-10,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    if mode == "b":
+        torch.testing.assert_close(other.coefficients(), ref.coefficients())
+
+
+def test_formulations_compile_without_graph_breaks():
+    """fullgraph=True fails on any graph break; the compiled layer matches eager, with gradients."""
+    ref, other = random_pair("b", "fold", stride=2)
+    compiled = torch.compile(other.double(), fullgraph=True)
+    x, g = torch.randn(2, 3, 4, 8, 8, dtype=torch.float64), torch.randn(2, 5, 4, 4, 4, dtype=torch.float64)
+    want, got = outputs_and_grads(ref.double(), x, g), outputs_and_grads(compiled, x, g)
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-9, rtol=1e-9, msg=name)
 
 
 def expected_offsets(view: str, i: int, j: int) -> tuple[int, int, int]:
@@ -141,19 +176,17 @@ def test_cost_b_rejects_composed_and_modes_are_checked():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["a", "b"])
-def test_cuda_bf16_formulations_agree(mode):
-    """On the GPU, 'auto' (composed for CoST(a)) matches the three-view reference, with gradients."""
+@pytest.mark.parametrize("mode,impl", FORMULATIONS + [("a", "auto"), ("b", "auto")])
+def test_cuda_formulations_agree(mode, impl):
+    """On the GPU every formulation matches the three-view reference: fp32 with gradients, then bf16."""
     ref = CoST(16, 16, mode=mode, impl="views").cuda()
-    fast = CoST(16, 16, mode=mode, impl="auto").cuda()
+    fast = CoST(16, 16, mode=mode, impl=impl).cuda()
     fast.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 16, 4, 14, 14, device="cuda")
-    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    x = torch.randn(2, 16, 4, 14, 14, device="cuda").contiguous(memory_format=torch.channels_last_3d)
+    g = torch.randn(2, 16, 4, 14, 14, device="cuda")
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # exact fp32 comparison
-        y1, y2 = ref(x1), fast(x2)
-        y1.square().sum().backward()
-        y2.square().sum().backward()
-    torch.testing.assert_close(y2, y1, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-3, rtol=1e-4)
+        want, got = outputs_and_grads(ref, x, g), outputs_and_grads(fast, x, g)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-3, rtol=1e-4, msg=name)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         torch.testing.assert_close(fast(x).float(), ref(x).float(), atol=0.1, rtol=0.05)
