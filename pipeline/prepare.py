@@ -44,6 +44,7 @@ from pipeline.store import (
     endpoint_options,
     read_json,
     read_table,
+    unshared_paths,
     url_exists,
     url_size,
     write_json,
@@ -74,6 +75,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--s3-endpoint", default=os.environ.get("COST_S3_ENDPOINT"),
                    help="S3-compatible endpoint URL for s3:// paths (default: AWS)")
     p.add_argument("--overwrite", action="store_true", help="replace a store made from other inputs or settings")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="local --root/--out paths are on a filesystem every Ray node mounts (NFS, EFS, ...)")
     syn = p.add_argument_group("synthetic dataset (--dataset synthetic)")
     syn.add_argument("--synthetic-kind", choices=("motion", "appearance"), default="motion")
     syn.add_argument("--classes", type=int, default=4)
@@ -282,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if todo:
         started_here = connect_ray(args.address, args.num_cpus)
         try:
+            problem = None if args.shared_storage else unshared_paths({"--root": args.root, "--out": out},
+                                                                      "--shared-storage")
+            if problem:
+                raise SystemExit(f"prepare: {problem}")
             run_shards(todo, args.workers, total, done)
         finally:
             if started_here:

@@ -110,6 +110,31 @@ def endpoint_options(endpoint: str | None) -> dict:
     return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
 
 
+def is_node_local(url: str) -> bool:
+    """True for a path only this machine may see: no scheme, ``file://`` or ``sqlite://``."""
+    scheme = url.partition("://")[0] if "://" in url else ""
+    return scheme in ("", "file") or url.startswith("sqlite:")
+
+
+def unshared_paths(paths: dict[str, str | None], flag: str) -> str | None:
+    """On a Ray cluster of several nodes, the message for the node-local ``paths`` (name -> url),
+    which tasks on other nodes could not read or would write apart; None when there are none.
+    ``flag`` is how the user says such paths are on a filesystem every node mounts."""
+    local = {k: v for k, v in paths.items() if v and is_node_local(v)}
+    if not local:
+        return None
+    import ray
+
+    nodes = sum(n["Alive"] for n in ray.nodes())
+    if nodes < 2:
+        return None
+    names = ", ".join(f"{k} = {v}" for k, v in local.items())
+    return (f"the Ray cluster has {nodes} nodes but {names} "
+            f"{'is a path' if len(local) == 1 else 'are paths'} on this machine only: work on the other nodes "
+            f"could not read or would write apart. Use s3:// (or another shared store; an MLflow server for "
+            f"tracking), or set {flag} if the path is on a filesystem every node mounts (NFS, EFS, Lustre)")
+
+
 def url_exists(url: str, storage_options: dict | None = None) -> bool:
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     return fs.exists(path)

@@ -62,11 +62,19 @@ class Worker:
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and self.cfg.trainer.precision == "bf16" \
             else contextlib.nullcontext()
 
-    def tag_hardware(self) -> None:
-        """Where the run's throughput was measured, e.g. "8 x NVIDIA H100 80GB HBM3" or "2 x CPU"."""
+    def tag_placement(self) -> None:
+        """Tags: ``hardware``, where the throughput was measured ("8 x NVIDIA H100 80GB HBM3", "2 x CPU"),
+        and ``worker_nodes``, the Ray node ID of each rank in order (rewritten when the group restarts)."""
+        node = ray.get_runtime_context().get_node_id()
+        nodes = [node] * self.world
+        if self.world > 1:
+            dist.all_gather_object(nodes, node)
         if self.rank == 0:
             what = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
-            tracking.client(self.ctx["tracking_uri"]).set_tag(self.ctx["run_id"], "hardware", f"{self.world} x {what}")
+            client = tracking.client(self.ctx["tracking_uri"])
+            client.set_tag(self.ctx["run_id"], "hardware", f"{self.world} x {what}")
+            client.set_tag(self.ctx["run_id"], "worker_nodes", ",".join(nodes))
+            self.say(f"{self.world} workers on {len(set(nodes))} node(s): " + ", ".join(n[:8] for n in nodes))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.rank == 0:
@@ -165,7 +173,7 @@ def maybe_fault(spec: str | None, rank: int, step: int, restored: bool) -> None:
 
 def train_loop(ctx: dict) -> None:
     w = Worker(ctx)
-    w.tag_hardware()
+    w.tag_placement()
     cfg, t = w.cfg, w.cfg.trainer
     checkpoint = ray.train.get_checkpoint()
     state = load_state(checkpoint) if checkpoint else None

@@ -26,7 +26,15 @@ from pipeline.prepare import connect_ray, git_commit  # noqa: E402
 from pipeline.store import Store, StoreError, endpoint_options  # noqa: E402
 from train import tracking  # noqa: E402
 from train.config import ConfigError, apply_override, flatten, from_dict, load_config, to_dict, to_yaml  # noqa: E402
-from train.settings import TrainConfig, absolute_paths, check_against_store, check_files, check_values, storage_options  # noqa: E402
+from train.settings import (  # noqa: E402
+    TrainConfig,
+    absolute_paths,
+    check_against_store,
+    check_files,
+    check_shared,
+    check_values,
+    storage_options,
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -126,6 +134,7 @@ def log_model(uri: str, run_id: str, checkpoint) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    started_here = False
     try:
         cfg, state = resolve(args)
         absolute_paths(cfg)  # as resolved here, recorded in MLflow, and read by the workers
@@ -147,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.eval_only:
             name = f"{state['config'].get('name') or 'checkpoint'}-eval-{time.strftime('%Y%m%d-%H%M%S')}"
         uri = tracking.tracking_uri(cfg.tracking.uri)
+        started_here = connect_ray(args.address, args.num_cpus, log_to_driver=True)
+        check_shared(cfg, uri)
         m = cfg.model
         tags = {"arch": m.arch, "depth": str(m.depth), "frames": str(cfg.data.frames),
                 "dataset": store.manifest["dataset"], "classes": str(len(store.classes)), "store": store.url,
@@ -155,13 +166,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_id, resumed = tracking.open_run(uri, cfg, name, flatten(cfg), tags, to_yaml(cfg))
     except ConfigError as e:
         print(f"train: {e}", file=sys.stderr)
+        if started_here:
+            import ray
+
+            ray.shutdown()
         return 2
     print(f"[train] run {name!r} ({'resuming' if resumed else 'new'}), MLflow {uri} run {run_id}; "
           f"{clips} clips per epoch, {steps_per_epoch} steps per epoch on {cfg.trainer.num_workers} workers",
           flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `ray job stop`: end the MLflow run as KILLED
     status = "FAILED"
-    started_here = False
     try:
         if not resumed and not args.eval_only:
             log_complexity(uri, run_id, cfg, len(store.classes))
@@ -170,14 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from train.loop import eval_loop, train_loop
 
-        started_here = connect_ray(args.address, args.num_cpus, log_to_driver=True)
         ctx = dict(config=to_dict(cfg), run_id=run_id, tracking_uri=uri, steps_per_epoch=steps_per_epoch,
                    stop_at_epoch=args.stop_at_epoch, checkpoint=args.checkpoint,
                    fault=os.environ.get("COST_TRAIN_FAULT"))
         t = cfg.trainer
         trainer = TorchTrainer(eval_loop if args.eval_only else train_loop, train_loop_config=ctx,
                                scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                                                      resources_per_worker={"CPU": t.cpus_per_worker}),
+                                                                      resources_per_worker={"CPU": t.cpus_per_worker},
+                                                                      placement_strategy=t.placement),
                                run_config=run_config(cfg, name))
         result = trainer.fit()
         epoch = int(result.metrics.get("epoch", 0)) if result.metrics else 0

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.store import endpoint_options, url_exists
+from pipeline.store import endpoint_options, unshared_paths, url_exists
 from train.config import ConfigError
 
 HOME = os.path.expanduser(os.environ.get("COST_HOME", "~/cost-on-ray"))
@@ -76,6 +76,7 @@ class TrainerConfig:
     num_workers: int = 1  # Ray Train workers (one per GPU)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    placement: Literal["PACK", "SPREAD"] = "PACK"  # workers on as few nodes as fit, or over as many
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on GPU; CPU always runs fp32
     channels_last: bool = True
     compile: bool = False
@@ -87,6 +88,7 @@ class TrainerConfig:
     max_failures: int = 3  # worker-group restarts from the latest checkpoint
     test_at_end: bool = True  # run the multi-clip test protocol after the last epoch
     storage_path: str = os.path.join(HOME, "runs")  # checkpoints: a shared path or s3:// on a cluster
+    shared_storage: bool = False  # local paths are on a filesystem every node mounts (NFS, EFS, Lustre)
 
 
 @dataclass(kw_only=True)
@@ -168,6 +170,17 @@ def check_against_store(cfg: TrainConfig, store) -> None:  # store: pipeline.sto
     if params["short_side"] < d.crop:
         raise ConfigError(f"config key 'data.crop' ({d.crop}) is larger than the store's frames (short side "
                           f"{params['short_side']}): lower data.crop or prepare with a larger --short-side")
+
+
+def check_shared(cfg: TrainConfig, tracking_uri: str) -> None:
+    """On a multi-node Ray cluster, everything the workers read or write must be shared storage."""
+    if cfg.trainer.shared_storage:
+        return
+    problem = unshared_paths({"data.store": cfg.data.store, "trainer.storage_path": cfg.trainer.storage_path,
+                              "model.pretrained": cfg.model.pretrained, "model.finetune_from": cfg.model.finetune_from,
+                              "the MLflow tracking URI": tracking_uri}, "trainer.shared_storage=true")
+    if problem:
+        raise ConfigError(problem)
 
 
 def check_files(cfg: TrainConfig) -> None:

@@ -56,3 +56,12 @@ def test_shard_on_s3(s3_server):
     table = rows_to_table(video_rows())
     write_shard(table, url, s3_server.storage_options())
     assert read_table(url, s3_server.storage_options(), columns=["video_id", "phase"]).num_rows == 8
+
+
+def test_node_local_paths_are_told_from_shared_ones():
+    from pipeline.store import is_node_local
+
+    for url in ("/data/store", "relative/store", "file:///data/store", "sqlite:///home/u/mlflow.db"):
+        assert is_node_local(url), url
+    for url in ("s3://bucket/store", "gs://bucket/store", "http://mlflow:5000", "postgresql://db/mlflow"):
+        assert not is_node_local(url), url

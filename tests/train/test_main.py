@@ -60,6 +60,8 @@ def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path):
     assert run.data.params["model.arch"] == "cost_b" and run.data.params["trainer.num_workers"] == "2"
     assert run.data.tags["arch"] == "cost_b" and run.data.tags["frames"] == "4"
     assert run.data.tags["store_fingerprint"] == Store(store).manifest["input_fingerprint"]
+    nodes = run.data.tags["worker_nodes"].split(",")  # one Ray node ID per rank: the session's one node
+    assert len(nodes) == 2 and nodes[0] == nodes[1] and len(nodes[0]) == 56
     losses = [v for _, v in history(mlflow_server, rid, "loss")]
     assert len(losses) == 12 and losses[-1] < 0.7 * losses[0]  # loss falls
     assert [v for _, v in history(mlflow_server, rid, "epoch")] == [1, 2, 3, 4]
