@@ -62,7 +62,7 @@ def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subpr
                                 env={**os.environ, **(env or {})})
 
 
-def stop_groups(pids: list[int], grace: float = 20.0) -> None:
+def stop_groups(pids: list[int], grace: float = 5.0) -> None:
     """SIGTERM the process groups of ``pids``, SIGKILL what is left of them after ``grace`` seconds."""
     def signal_all(sig: int) -> list[int]:
         alive = []
@@ -81,7 +81,9 @@ def stop_groups(pids: list[int], grace: float = 20.0) -> None:
     signal_all(signal.SIGKILL)
 
 
-def stop(proc: subprocess.Popen, grace: float = 20.0) -> None:
+def stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """End a throw-away service: SIGTERM, then SIGKILL after ``grace`` seconds (a Ray node given
+    SIGTERM alone takes 20 s to exit)."""
     if proc.poll() is None:
         stop_groups([proc.pid], grace)
     proc.wait()
@@ -124,17 +126,19 @@ def start_moto(root: Path, bucket: str, keys: dict[str, str]) -> tuple[subproces
     return proc, url
 
 
-def ray_node_cmd(root: Path, *, head_port: int, cpus: float, resources: dict, head: bool = False,
+def ray_node_cmd(temp_dir: str, *, head_port: int, cpus: float, resources: dict, head: bool = False,
                  dashboard_port: int = 0) -> list[str]:
-    """``ray start --block`` for one node, every port on 127.0.0.1 chosen here (nodes share the host)."""
+    """``ray start --block`` for one node, its ports chosen here (nodes share the host). Each node
+    needs its own ``temp_dir``: in a shared one, a node's runtime-env agent deletes job working
+    folders that another node's driver is running in."""
     ports = [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
              f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
              f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
     common = ["--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus:g}", "--num-gpus=0",
-              f"--resources={json.dumps(resources)}", "--disable-usage-stats", *ports]
+              f"--resources={json.dumps(resources)}", "--disable-usage-stats", f"--temp-dir={temp_dir}", *ports]
     if head:
         return [str(BIN / "ray"), "start", "--head", f"--port={head_port}", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dashboard_port}", f"--temp-dir={root}", *common]
+                f"--dashboard-port={dashboard_port}", *common]
     return [str(BIN / "ray"), "start", f"--address=127.0.0.1:{head_port}", *common]
 
 
@@ -223,7 +227,9 @@ def up(root: Path, *, workers: int = 1, head_cpus: float = 2, worker_cpus: float
         head_port, dash = free_port(), free_port()
         state["ray_address"], state["ray_dashboard"] = f"127.0.0.1:{head_port}", f"http://127.0.0.1:{dash}"
         log = root / "ray-head.log"
-        proc = start(ray_node_cmd(root.resolve(), head_port=head_port, cpus=head_cpus, resources={"head": 1},
+        # Short temp dirs outside --dir: Ray's socket paths must stay under ~107 characters.
+        state["temp_dirs"] = [tempfile.mkdtemp(prefix="cost-ray-") for _ in range(workers + 1)]
+        proc = start(ray_node_cmd(state["temp_dirs"][0], head_port=head_port, cpus=head_cpus, resources={"head": 1},
                                   head=True, dashboard_port=dash), log, env=state["ray_env"])
         procs.append(proc)
         state["pids"]["ray-head"] = proc.pid
@@ -235,7 +241,7 @@ def up(root: Path, *, workers: int = 1, head_cpus: float = 2, worker_cpus: float
 
         for i in range(1, workers + 1):
             log = root / f"ray-worker-{i}.log"
-            proc = start(ray_node_cmd(root.resolve(), head_port=head_port, cpus=worker_cpus,
+            proc = start(ray_node_cmd(state["temp_dirs"][i], head_port=head_port, cpus=worker_cpus,
                                       resources={f"worker_node_{i}": 1}), log, env=state["ray_env"])
             procs.append(proc)
             state["pids"][f"ray-worker-{i}"] = proc.pid
@@ -243,24 +249,28 @@ def up(root: Path, *, workers: int = 1, head_cpus: float = 2, worker_cpus: float
     except BaseException:
         for proc in reversed(procs):
             stop(proc)
-        if "postgres_data" in state:
-            shutil.rmtree(state["postgres_data"], ignore_errors=True)
+        remove_folders(state)
         raise
     (root / "cluster.json").write_text(json.dumps(state, indent=2))
     return state
 
 
 def down(root: Path) -> None:
-    """Stop what ``up`` started under ``root``. A throw-away cluster: what has not exited 5 s after
-    SIGTERM is killed (``ray start --block`` takes 20 s to end its node otherwise)."""
+    """Stop what ``up`` started under ``root``, as ``stop`` does."""
     path = root / "cluster.json"
     if not path.exists():
         raise RuntimeError(f"no cluster is up under {root} ({path} is missing)")
     state = json.loads(path.read_text())
-    stop_groups(list(state["pids"].values()), grace=5)
-    if "postgres_data" in state:
-        shutil.rmtree(state["postgres_data"], ignore_errors=True)
+    stop_groups(list(state["pids"].values()))
+    remove_folders(state)
     path.unlink()
+
+
+def remove_folders(state: dict) -> None:
+    """The PostgreSQL data and Ray temp folders ``up`` made outside its --dir."""
+    for folder in [state.get("postgres_data"), *state.get("temp_dirs", [])]:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def kill_node(root: Path, index: int) -> None:

@@ -1,8 +1,7 @@
 """train/main.py end to end on the session's Ray cluster and MLflow server, on a synthetic store:
-DDP training that learns, tracking, eval-only, resume, a killed worker, `ray job submit`, bad configs."""
+DDP training that learns, tracking, eval-only, resume, a killed worker, bad configs. (`ray job submit`
+runs on the 2-node cluster of tests/cluster/test_local_cluster.py.)"""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -124,19 +123,6 @@ def test_a_killed_worker_is_recovered_from_the_checkpoint(store, mlflow_server, 
     # steps 6 and 7 ran twice: before the kill, and again after the group restarted from step 5
     assert steps.count(6) == 2 and steps.count(7) == 2 and steps.count(5) == 1
     assert max(steps) == STEPS_PER_EPOCH and history(mlflow_server, run.info.run_id, "epoch")[-1][1] == 1
-
-
-def test_ray_job_submit(store, mlflow_server, ray_cluster, tmp_path):
-    entry = [sys.executable, "train/main.py", *args(store, mlflow_server, tmp_path, "name=job", "trainer.epochs=1",
-                                                    "trainer.test_at_end=false", "tracking.log_model=false")]
-    entry[3] = "configs/tiny_synthetic.yaml"  # relative to the job's working dir
-    proc = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
-                           ray_cluster.dashboard_url, "--working-dir", str(ROOT), "--", *entry],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "succeeded" in proc.stdout + proc.stderr
-    run = find_run(mlflow_server, "job")
-    assert run.info.status == "FINISHED" and run.data.metrics["epoch"] == 1
 
 
 @pytest.mark.parametrize("override, key", [
