@@ -223,7 +223,9 @@ def up(root: Path, *, workers: int = 1, head_cpus: float = 2, worker_cpus: float
         token = root / "ray_token"
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
-        state["ray_env"] = {**CLUSTER_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token.resolve())}
+        # The nodes' tasks read and write S3: moto's throw-away keys, else the caller's own credentials.
+        state["ray_env"] = {**CLUSTER_ENV, **state["s3_keys"], "RAY_AUTH_MODE": "token",
+                            "RAY_AUTH_TOKEN_PATH": str(token.resolve())}
         head_port, dash = free_port(), free_port()
         state["ray_address"], state["ray_dashboard"] = f"127.0.0.1:{head_port}", f"http://127.0.0.1:{dash}"
         log = root / "ray-head.log"
@@ -282,7 +284,7 @@ def kill_node(root: Path, index: int) -> None:
 def env_lines(state: dict) -> list[str]:
     """Shell exports for drivers and clients of this cluster."""
     env = {**state["ray_env"], "RAY_ADDRESS": state["ray_address"], "COST_RAY_DASHBOARD": state["ray_dashboard"],
-           "COST_S3_ENDPOINT": state["s3_endpoint"], **state["s3_keys"]}
+           "COST_S3_ENDPOINT": state["s3_endpoint"]}
     if "mlflow" in state:
         env["MLFLOW_TRACKING_URI"] = state["mlflow"]
     return [f"export {k}={v}" for k, v in env.items()]
