@@ -24,7 +24,7 @@ from torch import nn
 
 # The GPU machine runs this from a bare checkout (no project install): import from the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train.models import ARCHS, IMPLS, CoST, build_model  # noqa: E402
+from train.models import ARCHS, CoST, build_model, formulations  # noqa: E402
 
 
 def timed(step: Callable[[], None], iters: int, warmup: int, device: str) -> float:
@@ -80,9 +80,8 @@ def layer_table(args: argparse.Namespace) -> None:
     x = torch.randn(args.batch, c, t, s, s, device=args.device, requires_grad=True)
     options: dict[str, nn.Module] = {"C2D 1x3x3 conv": nn.Conv3d(c, c, (1, 3, 3), padding=(0, 1, 1), bias=False)}
     for mode in "ab":
-        for impl in IMPLS[1:]:  # each formulation by name ("auto" picks one of them)
-            if not (mode == "b" and impl == "composed"):
-                options[f"CoST({mode}) {impl}"] = CoST(c, c, mode=mode, impl=impl)
+        for impl in formulations(mode):
+            options[f"CoST({mode}) {impl}"] = CoST(c, c, mode=mode, impl=impl)
     amp = torch.autocast(args.device, dtype=torch.bfloat16) if args.bf16 else nullcontext()
     times = {}
     for name, layer in options.items():

@@ -26,13 +26,13 @@ import torch.nn.functional as F
 # The GPU machine runs this from a bare checkout (no project install): import from the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.models import common_args, timed  # noqa: E402
-from train.models import ARCHS, IMPLS, build_model  # noqa: E402
+from train.models import ARCHS, IMPLS, build_model, formulations  # noqa: E402
 
 
 def variants(archs: list[str], impls: list[str]) -> list[tuple[str, str]]:
     """(arch, CoST formulation) pairs to measure: C2D and C3D once, CoST archs per formulation."""
     return [(a, i) for a in archs for i in (impls if a.startswith("cost") else ["-"])
-            if not (a == "cost_b" and i == "composed")]
+            if i in ("-", "auto") or i in formulations(a[-1])]
 
 
 def measure(arch: str, impl: str, mode: str, args: argparse.Namespace) -> tuple[float, float | None]:

@@ -55,6 +55,11 @@ Impl = Literal["auto", "views", "stacked", "fold", "composed"]
 IMPLS: tuple[str, ...] = get_args(Impl)
 
 
+def formulations(mode: str) -> tuple[str, ...]:
+    """The named formulations (all but ``auto``) of a CoST layer in ``mode`` 'a' or 'b'."""
+    return tuple(i for i in IMPLS if i != "auto" and not (mode == "b" and i == "composed"))
+
+
 def view_kernel(w: torch.Tensor, view: str) -> torch.Tensor:
     """(C_out, C_in, 3, 3) -> the 3D kernel of one view, e.g. (C_out, C_in, 3, 1, 3) for 'tw'."""
     return w.unsqueeze(_UNSQUEEZE[view])

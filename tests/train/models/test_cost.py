@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.models import CoST, compose_kernel, view_kernel
+from train.models import CoST, compose_kernel, formulations, view_kernel
 
 torch.manual_seed(0)
 
@@ -62,7 +62,7 @@ def test_unshared_with_equal_views_equals_shared(mode):
     torch.testing.assert_close(unshared(x), shared(x))
 
 
-FORMULATIONS = [("a", "stacked"), ("a", "fold"), ("a", "composed"), ("b", "stacked"), ("b", "fold")]
+FORMULATIONS = [(mode, impl) for mode in "ab" for impl in formulations(mode) if impl != "views"]
 
 
 def random_pair(mode: str, impl: str, **kwargs) -> tuple[CoST, CoST]:
@@ -169,6 +169,8 @@ def test_cost_b_coefficients_follow_the_paper_branch():
 
 
 def test_cost_b_rejects_composed_and_modes_are_checked():
+    assert formulations("a") == ("views", "stacked", "fold", "composed")
+    assert formulations("b") == ("views", "stacked", "fold")
     with pytest.raises(ValueError, match="CoST\\(a\\) only"):
         CoST(4, 4, mode="b", impl="composed")
     with pytest.raises(ValueError, match="mode"):
