@@ -274,27 +274,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if state == "complete":
         print(f"[prepare] {out} is complete for these inputs and settings; nothing to do")
         return 0
-    if state == "new":
-        write_json(plan, f"{out}/_plan.json", opts)
     shards = plan_shards(items, out, args, opts)
     todo = [s for s in shards if not url_exists(s.url, opts)]
     total = sum(len(s.videos) for s in shards)
     done = total - sum(len(s.videos) for s in todo)
-    print(f"[prepare] {len(items)} annotated videos ({sum(not it.exists for it in items)} missing), "
-          f"{len(shards)} shards, {len(todo)} to do" + (" (resuming)" if state == "resume" else ""), flush=True)
-    if todo:
-        started_here = connect_ray(args.address, args.num_cpus)
-        try:
-            problem = None if args.shared_storage else unshared_paths({"--root": args.root, "--out": out},
-                                                                      "--shared-storage")
-            if problem:
-                raise SystemExit(f"prepare: {problem}")
+    started_here = connect_ray(args.address, args.num_cpus) if todo else False
+    try:
+        problem = None if args.shared_storage or not todo else unshared_paths({"--root": args.root, "--out": out},
+                                                                               "--shared-storage")
+        if problem:
+            raise SystemExit(f"prepare: {problem}")
+        if state == "new":  # after the checks: a refused run leaves nothing in --out
+            write_json(plan, f"{out}/_plan.json", opts)
+        print(f"[prepare] {len(items)} annotated videos ({sum(not it.exists for it in items)} missing), "
+              f"{len(shards)} shards, {len(todo)} to do" + (" (resuming)" if state == "resume" else ""), flush=True)
+        if todo:
             run_shards(todo, args.workers, total, done)
-        finally:
-            if started_here:
-                import ray
+    finally:
+        if started_here:
+            import ray
 
-                ray.shutdown()
+            ray.shutdown()
     manifest = finalize(out, shards, items, index, plan, opts)
     print_summary(manifest, out, time.monotonic() - started)
     return 0

@@ -84,12 +84,19 @@ def find_run(uri: str, name: str):
     return found
 
 
-def test_node_local_paths_are_refused_on_a_multi_node_cluster(cluster, store):
+def test_node_local_paths_are_refused_on_a_multi_node_cluster(cluster, store):  # train, then prepare
     done = run(cluster, *train_args(cluster, store, "local-path", f"trainer.storage_path={cluster['root'] / 'runs'}"),
                timeout=120)
     assert done.returncode == 2
     assert "the Ray cluster has" in done.stderr and f"trainer.storage_path = {cluster['root'] / 'runs'}" in done.stderr
     assert "trainer.shared_storage=true" in done.stderr
+    videos = cluster["root"] / "videos"  # on this machine only
+    out = f"s3://{cluster['bucket']}/refused-store"
+    done = run(cluster, "pipeline/prepare.py", "--dataset", "kinetics", "--root", str(videos), "--out", out,
+               timeout=120)
+    assert done.returncode == 1 and f"--root = {videos}" in done.stderr and "--shared-storage" in done.stderr
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": cluster["s3_endpoint"]})
+    assert not fs.exists(out.removeprefix("s3://"))  # refused before anything was written
 
 
 def test_ray_refuses_a_client_without_the_token(cluster):
