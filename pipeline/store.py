@@ -204,8 +204,8 @@ class Store:
 
         fs, _ = fsspec.core.url_to_fs(self.url, **self.storage_options)
         paths = [fsspec.core.url_to_fs(u, **self.storage_options)[1] for u in self.shard_urls(split)]
-        return ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(fs)),
-                                     columns=list(columns) if columns else None)
+        ds = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(fs)))
+        return ds.select_columns(list(columns)) if columns else ds  # pushed down into the read
 
     def row(self, video_id: str, phase: int = 0) -> dict:
         """One row by video id and phase (a scan of the split's shards: for tests and prediction)."""
