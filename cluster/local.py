@@ -185,7 +185,7 @@ def start_postgres(root: Path) -> tuple[subprocess.Popen, str, Path]:
 
 def start_mlflow(root: Path, backend: str, artifacts: str, s3_env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     """``mlflow server`` with ``backend`` (SQLAlchemy URL) and served artifacts at ``artifacts``;
-    ``s3_env`` holds MLFLOW_S3_ENDPOINT_URL and any keys for the artifact store."""
+    ``s3_env`` holds MLFLOW_S3_ENDPOINT_URL and any keys for an S3 artifact store (empty for a local one)."""
     port, log = free_port(), root / "mlflow.log"
     proc = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                   "--backend-store-uri", backend, "--artifacts-destination", artifacts, "--workers", "1"],

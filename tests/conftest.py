@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.local import BIN, free_port, http_ok, start, start_moto, stop, wait_until
+from cluster.local import BIN, free_port, http_ok, start, start_mlflow, start_moto, stop, wait_until
 
 # Tests must never reach a real cloud account or phone home.
 os.environ.update({
@@ -88,13 +88,7 @@ def ray_cluster() -> Iterator[RayCluster]:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = root / "server.log"
-    proc = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                  "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                  "--artifacts-destination", (root / "artifacts").as_uri(), "--workers", "1"], log)
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_ok(f"{url}/health"), "mlflow server", proc, log, timeout=180)
+    proc, url = start_mlflow(root, f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri(), {})
     try:
         yield url
     finally:
