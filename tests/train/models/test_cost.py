@@ -104,7 +104,7 @@ def test_every_formulation_equals_the_views_forward_and_backward(mode, impl, sha
         torch.testing.assert_close(other.coefficients(), ref.coefficients())
 
 
-def test_formulations_compile_without_graph_breaks():
+def test_cost_b_fold_compiles_without_graph_breaks():
     """fullgraph=True fails on any graph break; the compiled layer matches eager, with gradients."""
     ref, other = random_pair("b", "fold", stride=2)
     compiled = torch.compile(other.double(), fullgraph=True)
