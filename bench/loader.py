@@ -32,7 +32,7 @@ from pipeline.prepare import main as prepare  # noqa: E402
 from pipeline.store import Store  # noqa: E402
 from pipeline.synthetic import SyntheticSpec, generate  # noqa: E402
 from train.augment import apply_view, train_view  # noqa: E402
-from train.data import _cut_shards, train_dataset  # noqa: E402
+from train.data import epoch_plan, shard_clips, train_dataset  # noqa: E402
 from train.sampling import train_clip_indices  # noqa: E402
 from train.settings import DataConfig  # noqa: E402
 
@@ -50,10 +50,12 @@ def loader_rate(store: Store, cfg: DataConfig, passes: int) -> tuple[float, int]
 
 
 def inprocess_rate(store: Store, cfg: DataConfig) -> float:
-    """clips/s of the loader's per-task work (read shards, cut clips) in this process, without Ray."""
+    """clips/s of the loader's per-task work (read rows, cut clips) over one epoch, in this process."""
     start, clips = time.monotonic(), 0
-    for out in _cut_shards({"url": np.array(store.shard_urls(cfg.train_split))}, cfg, {}, 0, 0, 0):
-        clips += len(out["label"])
+    for task in epoch_plan(store, cfg, seed=0, epoch=0):
+        for out in shard_clips(task["url"], task["round"], cfg, {}, num_phases=store.manifest["params"]["num_phases"],
+                               seed=0, epoch=0):
+            clips += len(out["label"])
     return clips / (time.monotonic() - start)
 
 
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--intra", action="store_true", help="every frame a keyframe (decord's best case)")
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs of a local Ray instance started here")
     p.add_argument("--passes", type=int, default=2, help="timed passes over the store (after a warm-up)")
+    p.add_argument("--clips-per-video", type=int, default=16, help="clips drawn per video in a pass")
     p.add_argument("--decord-clips", type=int, default=64)
     p.add_argument("--gpu-clips-per-s", type=float, default=0.0, help="a GPU's training rate, to size CPU cores")
     p.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     lo, hi = min(256, args.short_side), args.short_side
     crop = min(args.crop, lo)
     cfg = DataConfig(store=store.url, frames=8, stride=8, train_short_side=(lo, hi), crop=crop,
-                     eval_short_side=lo, rows_per_task=4)
+                     eval_short_side=lo, rows_per_task=4, clips_per_video=args.clips_per_video)
     rate, per_pass = loader_rate(store, cfg, args.passes)
     if started:
         ray.shutdown()

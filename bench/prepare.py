@@ -6,8 +6,8 @@
 Writes a synthetic dataset (short side above --short-side, so the resize path runs), prepares it
 once per worker count on one Ray instance (its start-up not timed), and prints videos/s and frames/s. Then, for the
 paper's sampling (8 frames at stride 8), it compares bytes read per clip with the clip's own
-JPEG bytes: a loader reads one phase row and cuts floor(len/8) non-overlapping clips from it
-(at least one; short rows loop), versus one row per whole video, which a clip would read whole.
+JPEG bytes: the loader reads the one phase row a clip lies in (train/data.py), versus one row per
+whole video, which a clip would read whole. (bench/batches.py measures what the loader reads.)
 """
 
 from __future__ import annotations
@@ -32,15 +32,12 @@ def clip_bytes(store: Store, split: str, clip_len: int) -> tuple[float, float, f
     rows = [r for url in store.shard_urls(split) for r in read_table(url, store.storage_options).to_pylist()]
     for r in rows:
         video_bytes[r["video_id"]] = video_bytes.get(r["video_id"], 0) + sum(map(len, r["frames"]))
-    for r in rows:
+    for r in rows:  # a clip in each row, as likely as in any other
         sizes = [len(f) for f in r["frames"]]
-        k = max(1, len(sizes) // clip_len)
-        for c in range(k):
-            window = [sizes[(c * clip_len + i) % len(sizes)] for i in range(clip_len)]
-            own += sum(window)
-            phase_read += sum(sizes) / k
-            video_read += video_bytes[r["video_id"]]
-            clips += 1
+        own += sum(sizes[i % len(sizes)] for i in range(clip_len))
+        phase_read += sum(sizes)
+        video_read += video_bytes[r["video_id"]]
+        clips += 1
     return own / clips, phase_read / clips, video_read / clips
 
 

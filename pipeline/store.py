@@ -2,14 +2,16 @@
 
 One row per (video, temporal phase): with a training sampling stride of P stored frames, the
 row of phase p holds the video's stored frames p, p+P, p+2P, ... - every frame that any clip
-sampled at stride P starting at phase p needs, and nothing else. A training read of one row
-therefore serves clips (an 8-frame stride-8 clip is 8 consecutive entries of one row), and
-bytes read per clip stay near the clip's own JPEG bytes instead of a whole video's.
+sampled at stride P starting at phase p needs, and nothing else. A training clip (8 frames at
+stride 8) is 8 consecutive entries of one row, so a training read is one row, not a video.
 
+Each row is a Parquet row group of its own, so one row can be read without the rest of its
+shard, and the shard's footer holds a directory of its rows (video, label, phase, length, frame
+size): a reader opens the footer once and reads exactly the rows it draws (train/data.py).
 Rows carry the video's metadata so that any row stands alone. JPEG bytes are stored
-uncompressed (they are compressed already); row groups are bounded in bytes, far from Arrow's
-2 GiB limits. A shard appears atomically: written under a temporary name and renamed (local),
-or uploaded as one object (S3 and other object stores publish an object only when complete).
+uncompressed (they are compressed already). A shard appears atomically: written under a
+temporary name and renamed (local), or uploaded as one object (S3 and other object stores
+publish an object only when complete).
 """
 
 from __future__ import annotations
@@ -22,11 +24,15 @@ from typing import IO
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-SCHEMA_VERSION = 1
+# v2: one row group per store row, a row directory in each shard's footer, shards of shuffled videos.
+SCHEMA_VERSION = 2
 ROW_GROUP_BYTES = 64 << 20
+DIRECTORY_KEY = b"cost.rows"  # the shard footer's row directory: JSON, one list of DIRECTORY fields per row
+DIRECTORY = ("video_id", "label", "phase", "length", "height", "width")
 TMP_MARK = ".tmp-"  # in the name of a local file being written; such files are never part of a store
 
 SCHEMA = pa.schema([
@@ -84,20 +90,38 @@ def atomic_write(url: str, write: Callable[[IO[bytes]], None], storage_options: 
     return fs.size(path)
 
 
-def write_table(table: pa.Table, url: str, storage_options: dict | None = None) -> int:
-    """Any table as one Parquet file, atomically; JPEG bytes stay uncompressed, the rest zstd."""
+def write_table(table: pa.Table, url: str, storage_options: dict | None = None, row_group_size: int = 0) -> int:
+    """Any table as one Parquet file, atomically; JPEG bytes stay uncompressed, the rest zstd. Row
+    groups of ``row_group_size`` rows, by default as many as fit in ROW_GROUP_BYTES."""
     row_bytes = max(1, table.nbytes // max(1, table.num_rows))
-    options = dict(row_group_size=max(1, ROW_GROUP_BYTES // row_bytes),
+    options = dict(row_group_size=row_group_size or max(1, ROW_GROUP_BYTES // row_bytes),
                    compression={n: ("none" if n == "frames" else "zstd") for n in table.column_names})
     return atomic_write(url, lambda f: pq.write_table(table, f, **options), storage_options)
 
 
 def write_shard(table: pa.Table, url: str, storage_options: dict | None = None) -> int:
-    """A shard of store rows at ``url``, atomically; returns the bytes written."""
+    """A shard of store rows at ``url``, atomically, one row group per row, with its row directory;
+    returns the bytes written."""
     if not table.schema.equals(SCHEMA):
         raise ValueError(f"shard {url}: table schema does not match the store schema v{SCHEMA_VERSION}:\n"
                          f"{table.schema}")
-    return write_table(table, url, storage_options)
+    lengths = pc.list_value_length(table.column("frames")).to_pylist()
+    columns = [table.column(n).to_pylist() if n != "length" else lengths for n in DIRECTORY]
+    directory = json.dumps([list(r) for r in zip(*columns, strict=True)], separators=(",", ":"))
+    return write_table(table.replace_schema_metadata({DIRECTORY_KEY: directory}), url, storage_options,
+                       row_group_size=1)
+
+
+def shard_directory(shard: pq.ParquetFile) -> list[dict]:
+    """The rows of an open shard, from its footer: row i (row group i) as a dict of DIRECTORY fields."""
+    return [dict(zip(DIRECTORY, r, strict=True)) for r in json.loads(shard.schema_arrow.metadata[DIRECTORY_KEY])]
+
+
+def open_shard(url: str, storage_options: dict | None = None) -> IO[bytes]:
+    """A shard opened for reading single rows: an object store is read in exactly the ranges asked for
+    (fsspec's default read-ahead would fetch megabytes beyond each row)."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs.open(path, "rb", cache_type="none")
 
 
 def write_json(data: dict, url: str, storage_options: dict | None = None) -> int:

@@ -214,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     clips = args.clips or cfg.data.test_clips
     stats = ViewStats(model, len(store.classes))
     for url in store.shard_urls(split):
-        for _, label, views in shard_videos(url, cfg.data, store.storage_options, clips=clips, crops=1):
+        for _, label, views in shard_videos(url, cfg.data, store.storage_options, clips=clips,
+                                            protocol=cfg.data.test_protocol):
             video_probs(model, torch.from_numpy(views[None]).to(args.device), cfg.data)
             stats.update(np.full(len(views), label))
     out = Path(args.out or os.path.join(HOME, "analysis", args.run))

@@ -1,9 +1,11 @@
 """Clip decoding and spatial augmentation as pure functions over numpy arrays, with an explicit RNG.
 
 Training (paper section 4.2): the short side is scaled to a random size in [256, 320], a random
-224x224 crop is taken and flipped horizontally at random. Evaluation: short side 256, the centre
-crop (or three crops along the long side). A crop is computed in stored-frame pixels first, so
-only its region is resized (the frame is never scaled whole): one ``cv2.resize`` per frame.
+224x224 crop is taken and flipped horizontally at random. Testing, at short side 256 (``eval_views``):
+"full", the whole frame (the paper's "spatially fully convolutional inference": the network's global
+average pool takes any size); "three_crop", three 256x256 squares along the long side (the authors'
+code); "center_crop", the centre 224x224 crop (the single-clip validation's view). A view is
+computed in stored-frame pixels first, so only its region is resized: one ``cv2.resize`` per frame.
 
 Clips leave the loader as uint8 (T, H, W, 3); ``normalize`` turns a batch into the model's float
 (N, 3, T, H, W) on the training device, where mean/std subtraction costs nothing.
@@ -22,12 +24,16 @@ import torch
 cv2.setNumThreads(1)  # a loader task is one core; OpenCV's own threads would oversubscribe it
 
 
+PROTOCOLS = ("full", "three_crop", "center_crop")
+
+
 @dataclass(frozen=True)
 class View:
-    """A square region of a stored frame (top, left, side, in stored pixels) and a horizontal flip."""
+    """A region of a stored frame (top, left, height, width, in stored pixels) and a horizontal flip."""
     top: int
     left: int
-    side: int
+    height: int
+    width: int
     flip: bool = False
 
 
@@ -50,30 +56,44 @@ def train_view(rng: np.random.Generator, height: int, width: int, *, short_side:
     side = min(round(crop / scale), height, width)
     top = int(rng.integers(0, height - side + 1))
     left = int(rng.integers(0, width - side + 1))
-    return View(top, left, side, flip and bool(rng.random() < 0.5))
+    return View(top, left, side, side, flip and bool(rng.random() < 0.5))
 
 
-def eval_views(height: int, width: int, *, short_side: int = 256, crop: int = 224, crops: int = 1) -> list[View]:
-    """The centre crop, or with ``crops=3`` three crops spread along the long side (start, centre, end)."""
-    side = min(round(crop * min(height, width) / short_side), height, width)
+def eval_views(height: int, width: int, *, short_side: int = 256, crop: int = 224,
+               protocol: str = "center_crop") -> tuple[list[View], tuple[int, int]]:
+    """(views, their output size (h, w)) of a stored frame under a test ``protocol`` (PROTOCOLS), the
+    frame scaled to ``short_side``: the whole frame; three short-side squares along the long side
+    (start, centre, end); or the centre ``crop`` square."""
+    short = min(height, width)
+    if protocol == "full":
+        scale = short_side / short
+        return [View(0, 0, height, width)], (round(height * scale), round(width * scale))
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"test protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol == "three_crop":
+        side, out = short, short_side
+    else:
+        side, out = min(round(crop * short / short_side), short), crop
     top, left = (height - side) // 2, (width - side) // 2
-    if crops == 1:
-        return [View(top, left, side)]
-    if crops != 3:
-        raise ValueError(f"crops must be 1 or 3, got {crops}")
-    if height > width:
-        return [View(t, left, side) for t in (0, top, height - side)]
-    return [View(top, lf, side) for lf in (0, left, width - side)]
+    if protocol == "center_crop":
+        views = [View(top, left, side, side)]
+    elif height > width:
+        views = [View(t, left, side, side) for t in (0, top, height - side)]
+    else:
+        views = [View(top, lf, side, side) for lf in (0, left, width - side)]
+    return views, (out, out)
 
 
-def apply_view(frames: np.ndarray, view: View, size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """(T, H, W, 3) -> (T, size, size, 3): the view's region resized (bilinear), flipped if asked;
-    written into ``out`` when given."""
+def apply_view(frames: np.ndarray, view: View, size: int | tuple[int, int],
+               out: np.ndarray | None = None) -> np.ndarray:
+    """(T, H, W, 3) -> (T, h, w, 3): the view's region resized (bilinear) to ``size`` (h, w), or a
+    square of that side, flipped if asked; written into ``out`` when given."""
+    h, w = (size, size) if isinstance(size, int) else size
     if out is None:
-        out = np.empty((frames.shape[0], size, size, 3), np.uint8)
+        out = np.empty((frames.shape[0], h, w, 3), np.uint8)
     for i, frame in enumerate(frames):
-        region = frame[view.top:view.top + view.side, view.left:view.left + view.side]
-        cv2.resize(region, (size, size), dst=out[i], interpolation=cv2.INTER_LINEAR)
+        region = frame[view.top:view.top + view.height, view.left:view.left + view.width]
+        cv2.resize(region, (w, h), dst=out[i], interpolation=cv2.INTER_LINEAR)
         if view.flip:
             cv2.flip(out[i], 1, dst=out[i])
     return out

@@ -56,7 +56,18 @@ def load_state(source, storage_options: dict | None = None) -> dict:
         raise CheckpointError(f"{url}: cannot read {STATE_FILE}: {e}") from e
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{url}: {STATE_FILE} is not a training state of this project")
+    upgrade_config(state["config"])
     return state
+
+
+def upgrade_config(config: dict) -> None:
+    """A checkpoint's config from before the keys were renamed, in today's keys, in place: its model
+    is rebuilt as it was trained (pool2 was 3x1x1 or off) and tested as it was (test_crops)."""
+    data, model = config.get("data", {}), config.get("model", {})
+    if "test_crops" in data:
+        data["test_protocol"] = "three_crop" if data.pop("test_crops") == 3 else "center_crop"
+    if isinstance(model.get("pool2"), bool):
+        model["pool2"] = "3x1x1" if model["pool2"] else "none"
 
 
 def read_weights(url: str, storage_options: dict | None = None) -> dict:
@@ -67,8 +78,9 @@ def read_weights(url: str, storage_options: dict | None = None) -> dict:
 
 def make_model(cfg: ModelConfig, num_classes: int) -> VideoResNet:
     return build_model(cfg.arch, depth=cfg.depth, num_classes=num_classes, blocks=cfg.blocks, width=cfg.width,
-                       pool1_t=cfg.pool1_t, pool2=cfg.pool2, dropout=cfg.dropout, cost_impl=cfg.cost_impl,
-                       frozen_bn=cfg.frozen_bn)
+                       conv1_t=cfg.conv1_t, conv1_stride_t=cfg.conv1_stride_t, pool1_t=cfg.pool1_t,
+                       pool1_stride_t=cfg.pool1_stride_t, pool2=cfg.pool2, dropout=cfg.dropout,
+                       cost_shared=cfg.cost_shared, cost_impl=cfg.cost_impl, frozen_bn=cfg.frozen_bn)
 
 
 def model_from_state(state: dict) -> VideoResNet:

@@ -1,10 +1,10 @@
 """Video-level evaluation inside Ray Train workers: the paper's multi-clip test protocol.
 
-Each video's ``clips`` x ``crops`` views (paper: 10 clips uniformly over the video, short side
-256, fully-convolutional centre crop) are scored, the softmax scores averaged per video, and the
-per-video scores gathered on every rank. The same code gives the per-epoch single-clip
-validation (clips=1). Per-video scores become a Parquet table, so results can be re-analysed
-without running the model again.
+Each video's ``clips`` clips under a test protocol (paper: 10 clips uniformly over the video,
+short side 256, the whole frame: "spatially fully convolutional") are scored, the softmax scores
+averaged per video, and the per-video scores gathered on every rank. The same code gives the
+per-epoch single-clip validation (clips=1, the centre crop). Per-video scores become a Parquet
+table, so results can be re-analysed without running the model again.
 """
 
 from __future__ import annotations
@@ -66,18 +66,20 @@ def video_probs(model: nn.Module, clip_views: torch.Tensor, data: DataConfig,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, store: Store, split: str, cfg: TrainConfig, *, clips: int, crops: int, rank: int,
+def evaluate(model: nn.Module, store: Store, split: str, cfg: TrainConfig, *, clips: int, protocol: str, rank: int,
              world: int, device: torch.device, autocast, views: ViewStats | None = None) -> Scores:
     """Scores of every video of ``split``, split over the workers and gathered on each of them;
     with ``views``, the CoST view coefficients of every clip are summed in it (on every rank)."""
-    it = split_iterator(lambda: eval_dataset(store, split, cfg.data, clips=clips, crops=crops), rank, world,
+    it = split_iterator(lambda: eval_dataset(store, split, cfg.data, clips=clips, protocol=protocol), rank, world,
                         equal=False)
     training = model.training
     model.eval()
     ids: list[str] = []
     labels: list[np.ndarray] = []
     probs: list[np.ndarray] = []
-    per_batch = max(1, cfg.trainer.batch_size // (clips * crops))
+    # Whole frames differ in size between videos: one video (its clips share one size) per batch then.
+    per_batch = 1 if protocol == "full" else max(1, cfg.trainer.batch_size // (clips * (3 if protocol == "three_crop"
+                                                                                       else 1)))
     for b in it.iter_batches(batch_size=per_batch, batch_format="numpy"):
         clip_views = torch.from_numpy(b["clips"]).to(device)  # (V, K, T, H, W, 3) uint8
         p = video_probs(model, clip_views, cfg.data, autocast)

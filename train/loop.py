@@ -39,7 +39,8 @@ from train.config import from_dict
 from train.data import split_iterator, train_dataset
 from train.evaluate import evaluate
 from train.models import load_2d_pretrained
-from train.settings import TrainConfig, storage_options
+from train.models.pretrained import convert
+from train.settings import TrainConfig, pretrained_path, storage_options
 
 
 class Worker:
@@ -90,7 +91,7 @@ class Worker:
         d = self.cfg.data
         split = d.test_split or d.val_split
         views = ViewStats(model, len(self.store.classes))  # empty for C2D and C3D
-        scores = evaluate(model, self.store, split, self.cfg, clips=d.test_clips, crops=d.test_crops,
+        scores = evaluate(model, self.store, split, self.cfg, clips=d.test_clips, protocol=d.test_protocol,
                           rank=self.rank, world=self.world, device=self.device, autocast=self.autocast, views=views)
         metrics = scores.metrics("test")
         self.log(metrics, step)
@@ -105,7 +106,7 @@ class Worker:
                 if views:
                     for f in write_analysis(views, self.store.classes, os.path.join(tmp, "analysis")):
                         client.log_artifact(self.ctx["run_id"], str(f), "analysis")
-        self.say(f"test ({split}, {d.test_clips} clips x {d.test_crops} crops): top-1 {metrics['test_top1']:.4f} "
+        self.say(f"test ({split}, {d.test_clips} clips, {d.test_protocol}): top-1 {metrics['test_top1']:.4f} "
                  f"top-5 {metrics['test_top5']:.4f} on {len(scores.labels)} videos")
         return metrics
 
@@ -126,8 +127,8 @@ def build(w: Worker, state: dict | None) -> tuple[nn.Module, nn.Module, torch.op
     if state is not None:
         model.load_state_dict(state["model"])
     elif cfg.model.finetune_from:
-        init_from_checkpoint(model, cfg.model.finetune_from, storage_options(cfg))
-    elif cfg.model.pretrained:
+        init_from_checkpoint(model, cfg.model.finetune_from, storage_options(cfg), cfg.model.inflate)
+    elif pretrained_path(cfg.model):
         weights = read_weights(cfg.model.pretrained, storage_options(cfg))  # a shared path or s3://
         report = load_2d_pretrained(model, weights, inflate=cfg.model.inflate)
         w.say(f"ImageNet initialisation from {cfg.model.pretrained}: {report.summary()}")
@@ -148,11 +149,14 @@ def build(w: Worker, state: dict | None) -> tuple[nn.Module, nn.Module, torch.op
     return model, net, opt, sched
 
 
-def init_from_checkpoint(model: nn.Module, source: str, opts: dict) -> None:
-    """Fine-tuning: every weight from an earlier run's checkpoint; the classifier only if it fits."""
+def init_from_checkpoint(model: nn.Module, source: str, opts: dict, inflate: str) -> None:
+    """Fine-tuning: every weight from an earlier run's checkpoint; the classifier only if it fits. A
+    temporally deeper stem (the 32-frame 5x7x7 conv1 from an 8-frame 1x7x7 one) is inflated."""
     sd = load_state(source, opts)["model"]
     if sd.get("fc.weight") is not None and sd["fc.weight"].shape != model.fc.weight.shape:
         sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    own = model.state_dict()
+    sd = {k: convert(k, v, own[k], inflate) if k in own and not k.startswith("fc.") else v for k, v in sd.items()}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     bad = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
     if bad:
@@ -249,7 +253,7 @@ def train_loop(ctx: dict) -> None:
         metrics = {"epoch": epoch, "train_loss": train_loss, "epoch_seconds": time.monotonic() - started}
         text = f"epoch {epoch}/{t.epochs} done: train loss {train_loss:.4f}"
         if epoch % t.val_every == 0 or epoch == t.epochs:
-            scores = evaluate(model, w.store, cfg.data.val_split, cfg, clips=1, crops=1, rank=w.rank,
+            scores = evaluate(model, w.store, cfg.data.val_split, cfg, clips=1, protocol="center_crop", rank=w.rank,
                               world=w.world, device=w.device, autocast=w.autocast)
             val = scores.metrics("val")
             metrics.update(val)

@@ -31,8 +31,10 @@ from train.settings import (  # noqa: E402
     absolute_paths,
     check_against_store,
     check_files,
+    check_init,
     check_shared,
     check_values,
+    init_kind,
     storage_options,
 )
 
@@ -80,6 +82,17 @@ def default_name(cfg: TrainConfig, store: Store) -> str:
     m = cfg.model
     size = f"r{m.depth}" if m.blocks is None else "b" + "".join(map(str, m.blocks))
     return f"{store.manifest['dataset']}-{m.arch}-{size}-{cfg.data.frames}f-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def schedule(cfg: TrainConfig, store: Store, steps_per_epoch: int) -> str:
+    """What the run will do, in the units the paper and the authors' code count: clips and iterations."""
+    d, t = cfg.data, cfg.trainer
+    videos, batch = store.manifest["splits"][d.train_split]["videos"], t.batch_size * t.num_workers
+    steps = steps_per_epoch * t.epochs
+    drops = ", ".join(f"{int(m * steps):,}" for m in cfg.optim.milestones)
+    return (f"{videos:,} videos x {d.clips_per_video} clip(s) = {videos * d.clips_per_video:,} clips per epoch; "
+            f"{t.epochs} epochs = {steps * batch:,} clips in {steps:,} iterations of {batch} clips "
+            f"({t.num_workers} workers x {t.batch_size}); lr drops at iterations {drops or 'none'}")
 
 
 def run_config(cfg: TrainConfig, name: str):
@@ -144,10 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (StoreError, OSError) as e:
             raise ConfigError(f"config key 'data.store': {e}") from None
         check_against_store(cfg, store)
+        if not args.eval_only:
+            check_init(cfg, store)
         check_files(cfg)
         from train.data import clips_per_epoch
 
-        clips = clips_per_epoch(store, cfg.data.train_split, cfg.data.frames)
+        clips = clips_per_epoch(store, cfg.data.train_split, cfg.data.clips_per_video)
         steps_per_epoch = clips // cfg.trainer.num_workers // cfg.trainer.batch_size
         if steps_per_epoch < 1 and not args.eval_only:
             raise ConfigError(f"config key 'trainer.batch_size': an epoch of the store's {clips} training clips "
@@ -162,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tags = {"arch": m.arch, "depth": str(m.depth), "frames": str(cfg.data.frames),
                 "dataset": store.manifest["dataset"], "classes": str(len(store.classes)), "store": store.url,
                 "store_fingerprint": store.manifest["input_fingerprint"], "git_commit": git_commit() or "unknown",
-                "mode": "eval" if args.eval_only else "train"}
+                "mode": "eval" if args.eval_only else "train", "init": init_kind(m),
+                "test_protocol": cfg.data.test_protocol}
         run_id, resumed = tracking.open_run(uri, cfg, name, flatten(cfg), tags, to_yaml(cfg))
     except ConfigError as e:
         print(f"train: {e}", file=sys.stderr)
@@ -171,9 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             ray.shutdown()
         return 2
-    print(f"[train] run {name!r} ({'resuming' if resumed else 'new'}), MLflow {uri} run {run_id}; "
-          f"{clips} clips per epoch, {steps_per_epoch} steps per epoch on {cfg.trainer.num_workers} workers",
-          flush=True)
+    print(f"[train] run {name!r} ({'resuming' if resumed else 'new'}), MLflow {uri} run {run_id}", flush=True)
+    if not args.eval_only:
+        print(f"[train] {schedule(cfg, store, steps_per_epoch)}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `ray job stop`: end the MLflow run as KILLED
     status = "FAILED"
     try:

@@ -27,6 +27,7 @@ from pipeline.decode import DecodeError, IsolatedDecoder  # noqa: E402
 from pipeline.store import Store, StoreError, endpoint_options  # noqa: E402
 from train import tracking  # noqa: E402
 from train.analyze import VIEWS, ViewStats  # noqa: E402
+from train.augment import PROTOCOLS  # noqa: E402
 from train.checkpoints import CheckpointError, load_state, model_from_state  # noqa: E402
 from train.config import ConfigError, from_dict  # noqa: E402
 from train.data import video_clips  # noqa: E402
@@ -44,7 +45,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--s3-endpoint", help="S3-compatible endpoint for an s3:// --checkpoint")
     p.add_argument("--top", type=int, default=5, help="classes to show (default 5)")
     p.add_argument("--clips", type=int, help="clips per video (default: the model's data.test_clips)")
-    p.add_argument("--crops", type=int, choices=(1, 3), help="default: the model's data.test_crops")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="the test's spatial views (default: the model's "
+                                                          "data.test_protocol)")
     p.add_argument("--device", default="cpu", help="e.g. cuda")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds before one video's decode is abandoned")
     p.add_argument("--json", action="store_true", help="one JSON object per video instead of text")
@@ -66,14 +68,14 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, TrainConfig, 
 
 
 def predict(model: torch.nn.Module, path: str, cfg: TrainConfig, params: dict, decoder: IsolatedDecoder, *,
-            clips: int, crops: int, device: str) -> tuple[np.ndarray, dict[str, float] | None]:
+            clips: int, protocol: str, device: str) -> tuple[np.ndarray, dict[str, float] | None]:
     """(class probabilities, the mean view shares over CoST layers or None) for one video file."""
     video = decoder.encode_video(path, frame_step=params["frame_step"], short_side=params["short_side"],
                                  quality=params["quality"])
     phases = params["num_phases"]
     rows = {p: video.jpegs[p::phases] for p in range(min(phases, len(video.jpegs)))}
     d = cfg.data
-    views = video_clips(rows, phases, video.height, video.width, frames=d.frames, clips=clips, crops=crops,
+    views = video_clips(rows, phases, video.height, video.width, frames=d.frames, clips=clips, protocol=protocol,
                         short_side=d.eval_short_side, crop=d.crop)
     stats = ViewStats(model, 1)
     probs = video_probs(model, torch.from_numpy(views[None]).to(device), d)[0].cpu().numpy()
@@ -92,12 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"predict: {e}", file=sys.stderr)
         return 2
     classes = state["classes"]
-    clips, crops = args.clips or cfg.data.test_clips, args.crops or cfg.data.test_crops
+    clips, protocol = args.clips or cfg.data.test_clips, args.protocol or cfg.data.test_protocol
     failed = 0
     with IsolatedDecoder(timeout=args.timeout) as decoder:
         for path in args.videos:
             try:
-                probs, shares = predict(model, path, cfg, params, decoder, clips=clips, crops=crops,
+                probs, shares = predict(model, path, cfg, params, decoder, clips=clips, protocol=protocol,
                                         device=args.device)
             except DecodeError as e:
                 print(f"predict: {path}: cannot read the video ({e})", file=sys.stderr)

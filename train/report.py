@@ -2,10 +2,12 @@
 
     python train/report.py --experiment cost [--out DIR] [--tracking-uri URI]
 
-One row per (dataset, model, arch, frames), as in the paper's Tables 2-5: parameters (M), GFLOPs
-per clip, training clips/s, single-clip validation and multi-clip test top-1/top-5 in %, as the
-mean and standard deviation over the group's runs (e.g. seeds); beside them the paper's published
-numbers where the row is one of the paper's settings (``train/paper_results.csv``). Then, per
+One row per (dataset, model, arch, frames, CoST kernels shared or not, test protocol), as in the
+paper's Tables 2-5: parameters (M), GFLOPs per clip, training clips/s, single-clip validation and
+multi-clip test top-1/top-5 in %, as the mean and standard deviation over the group's runs (e.g.
+seeds); beside them the paper's published numbers where the row is one of the paper's settings
+(``train/paper_results.csv``, Table 3's unshared CoST included) tested with the paper's protocol
+(10 clips, the whole frame at short side 256): other protocols give other numbers. Then, per
 CoST run, the view-coefficient summary (paper Figs. 7-8) with its plots.
 
 Written to DIR as ``report.md`` and ``report.csv`` (plots under ``analysis/<run>/``), printed, and
@@ -38,11 +40,15 @@ ACCURACY = ("val_top1", "val_top5", "test_top1", "test_top5")
 SAME_IN_A_GROUP = ("name", "trainer.seed")  # params that may differ between the runs of one row
 
 
+KEY = ("dataset", "model", "arch", "frames", "kernels", "protocol")
+PAPER_PROTOCOL = "10 x full @ 256"  # section 4.2: 10 clips, fully convolutional at short side 256
+
+
 @dataclass
 class RunResult:
     run_id: str
     name: str
-    key: tuple[str, str, str, int]  # (dataset, model, arch, frames)
+    key: tuple[str, str, str, int, str, str]  # KEY
     metrics: dict[str, float]
     hardware: str
     params: dict[str, str] = field(repr=False)
@@ -61,6 +67,20 @@ def model_label(params: dict[str, str]) -> str:
     return f"blocks {'-'.join(c for c in blocks if c.isdigit())} w{params.get('model.width', '?')}"
 
 
+def kernels_label(arch: str, params: dict[str, str]) -> str:
+    """CoST's view kernels: "shared" (the paper's CoST) or "unshared" (Table 3); "-" for C2D and C3D."""
+    if not arch.startswith("cost"):
+        return "-"
+    return "unshared" if params.get("model.cost_shared") == "False" else "shared"
+
+
+def protocol_label(params: dict[str, str]) -> str:
+    """The multi-clip test protocol, e.g. "10 x full @ 256": clips, views, short side."""
+    views = params.get("data.test_protocol") or {"1": "center_crop", "3": "three_crop"}.get(
+        params.get("data.test_crops", ""), "?")  # runs from before test_protocol had test_crops
+    return f"{params.get('data.test_clips', '?')} x {views} @ {params.get('data.eval_short_side', '?')}"
+
+
 def collect(uri: str, experiment: str) -> list[RunResult]:
     """The experiment's finished training runs (not evaluation-only or report runs)."""
     client = tracking.client(uri)
@@ -75,20 +95,23 @@ def collect(uri: str, experiment: str) -> list[RunResult]:
         speed = [m.value for m in client.get_metric_history(run.info.run_id, "clips_per_s")]
         if speed:
             metrics["clips_per_s"] = float(np.median(speed))  # robust to the first window's start-up
-        key = (dataset_label(tags.get("dataset", "?"), tags.get("classes")), model_label(params),
-               tags.get("arch", params.get("model.arch", "?")), int(params.get("data.frames", 0)))
+        arch = tags.get("arch", params.get("model.arch", "?"))
+        key = (dataset_label(tags.get("dataset", "?"), tags.get("classes")), model_label(params), arch,
+               int(params.get("data.frames", 0)), kernels_label(arch, params), protocol_label(params))
         results.append(RunResult(run.info.run_id, run.info.run_name, key, metrics, tags.get("hardware", ""), params))
     return results
 
 
-def load_paper(path: str | os.PathLike = PAPER) -> dict[tuple[str, str, str, int], dict]:
+def load_paper(path: str | os.PathLike = PAPER) -> dict[tuple, dict]:
+    """The paper's results by row key, all under the paper's own test protocol."""
     with open(path, newline="") as f:
         rows = csv.DictReader(line for line in f if not line.startswith("#"))
-        return {(r["dataset"], r["model"], r["arch"], int(r["frames"])): r for r in rows}
+        return {(r["dataset"], r["model"], r["arch"], int(r["frames"]), r["kernels"], PAPER_PROTOCOL): r
+                for r in rows}
 
 
 def by_key(runs: list[RunResult]) -> dict[tuple, list[RunResult]]:
-    """The runs grouped by their row: (dataset, model, arch, frames)."""
+    """The runs grouped by their row (KEY)."""
     groups: dict[tuple, list[RunResult]] = {}
     for r in runs:
         groups.setdefault(r.key, []).append(r)
@@ -101,13 +124,14 @@ def table(runs: list[RunResult], paper: dict) -> list[dict]:
     order = list(ARCH_NAMES)
 
     def sort_key(key: tuple) -> tuple:
-        dataset, model, arch, frames = key
-        return dataset, len(model), model, frames, order.index(arch) if arch in order else len(order), arch
+        dataset, model, arch, frames, kernels, protocol = key
+        return (dataset, len(model), model, frames, order.index(arch) if arch in order else len(order), arch,
+                kernels, protocol != PAPER_PROTOCOL, protocol)
 
     rows = []
     for key in sorted(groups, key=sort_key):
         group = groups[key]
-        row: dict = dict(zip(("dataset", "model", "arch", "frames"), key, strict=True), runs=len(group))
+        row: dict = dict(zip(KEY, key, strict=True), runs=len(group))
         for name, scale in (("params_m", 1), ("gflops", 1), ("clips_per_s", 1)) + tuple((m, 100) for m in ACCURACY):
             values = [r.metrics[name] * scale for r in group if name in r.metrics]
             row[name] = round(float(np.mean(values)), 2) if values else None
@@ -142,22 +166,24 @@ def _cell(row: dict, name: str) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ["Dataset", "Model", "Arch", "Frames", "Runs", "Params (M)", "GFLOPs", "Train clips/s", "Val top-1",
-            "Val top-5", "Test top-1", "Test top-5", "Paper top-1", "Paper top-5"]
+    head = ["Dataset", "Model", "Arch", "Frames", "Test protocol", "Runs", "Params (M)", "GFLOPs", "Train clips/s",
+            "Val top-1", "Val top-5", "Test top-1", "Test top-5", "Paper top-1", "Paper top-5"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["dataset"], r["model"], ARCH_NAMES.get(r["arch"], r["arch"]), str(r["frames"]), str(r["runs"]),
+        arch = ARCH_NAMES.get(r["arch"], r["arch"]) + (" unshared" if r["kernels"] == "unshared" else "")
+        cells = [r["dataset"], r["model"], arch, str(r["frames"]), r["protocol"], str(r["runs"]),
                  _cell(r, "params_m"), _cell(r, "gflops"), _cell(r, "clips_per_s"),
                  *(_cell(r, m) for m in ACCURACY), r["paper_top1"] or "-", r["paper_top5"] or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-NOTES = """Accuracy in %: val is the single-clip validation after the last epoch; test is the multi-clip
-protocol (data.test_clips clips x data.test_crops crops, softmax averaged per video). "± s": standard
-deviation over the row's runs. GFLOPs: one forward pass of one clip (a multiply-add is 2 FLOPs).
-Train clips/s: median over the logged windows, all workers together ({hardware}). Paper: Li et al.,
-CVPR 2019, validation sets, 10 clips, ImageNet initialisation (train/paper_results.csv)."""
+NOTES = """Accuracy in %: val is the single-clip validation after the last epoch (centre crop); test is the
+multi-clip protocol, "clips x views @ short side" (full: the whole frame, the paper's; three_crop: the
+authors' code's; softmax averaged per video). "± s": standard deviation over the row's runs. GFLOPs: one
+forward pass of one clip (a multiply-add is 2 FLOPs). Train clips/s: median over the logged windows, all
+workers together ({hardware}). Paper: Li et al., CVPR 2019, validation sets, ImageNet initialisation,
+shown only beside rows tested as the paper tests ({paper}; train/paper_results.csv)."""
 
 
 def view_section(uri: str, runs: list[RunResult], out: Path) -> str:
@@ -214,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = "\n".join(f"- note: {n}" for n in mixed_settings(runs))
     views = view_section(uri, runs, out)
     text = (f"# {args.experiment}: {len(runs)} runs, {time.strftime('%Y-%m-%d')}\n\n{markdown(rows)}\n\n"
-            f"{NOTES.format(hardware=hardware)}\n{notes}\n\n## View coefficients (paper Figs. 7-8)\n\n"
+            f"{NOTES.format(hardware=hardware, paper=PAPER_PROTOCOL)}\n{notes}\n\n"
+            f"## View coefficients (paper Figs. 7-8)\n\n"
             f"{views or 'no CoST runs'}\n")
     (out / "report.md").write_text(text)
     write_csv(rows, out / "report.csv")

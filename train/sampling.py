@@ -6,10 +6,8 @@ video. A video shorter than the window loops. All indices are source frame indic
 
 In the frame store (pipeline/store.py) frames are grouped by phase: with ``frame_step`` k and
 ``stride`` S, the row of phase p holds source frames (p, p + S/k, p + 2S/k, ...) * k. A training
-clip is then ``frames`` consecutive entries of one row: ``row_clip_positions`` cuts
-floor(len/frames) non-overlapping clips from a row at random places (at least one; a row shorter
-than a clip loops), so one row read serves several clips, which a shuffle buffer then mixes
-across videos.
+clip is then ``frames`` consecutive entries of one row: ``train_clip_in_rows`` draws it as
+``train_clip_indices`` would and says which row and entries it is.
 """
 
 from __future__ import annotations
@@ -36,24 +34,19 @@ def eval_clip_indices(num_frames: int, *, frames: int = 8, stride: int = 8, clip
     return (starts[:, None] + stride * np.arange(frames)[None, :]) % num_frames
 
 
-def row_clip_positions(row_len: int, rng: np.random.Generator, *, frames: int = 8) -> np.ndarray:
-    """(k, frames) positions within a phase row: k = max(1, row_len // frames) non-overlapping runs
-    of consecutive entries, in order, with the row's spare entries spread as random gaps around
-    them. No clip wraps around the row's end (that would join its last frame to its first); a row
-    shorter than ``frames`` loops from a random start, like a short video."""
-    if row_len < 1 or frames < 1:
-        raise ValueError(f"row_len and frames must be >= 1, got {row_len}, {frames}")
-    if row_len < frames:
-        return ((int(rng.integers(0, row_len)) + np.arange(frames)) % row_len)[None]
-    k = clips_in_row(row_len, frames)
-    # The spare entries fall into k + 1 gaps (before, between and after the clips) at random.
-    cuts = np.sort(rng.integers(0, row_len - k * frames + 1, size=k))
-    starts = cuts + frames * np.arange(k)
-    return starts[:, None] + np.arange(frames)[None, :]
-
-
-def clips_in_row(row_len: int, frames: int) -> int:
-    return max(1, row_len // frames)
+def train_clip_in_rows(lengths: list[int], rng: np.random.Generator, *, frames: int = 8) -> tuple[int, np.ndarray]:
+    """(phase, entries): a training clip of a video stored as phase rows of ``lengths`` (row p holds
+    the stored frames p, p+P, p+2P, ...; P = len(lengths), 0 for a row a very short video lacks).
+    The clip's first stored frame is drawn as ``train_clip_indices`` draws it: uniformly over the
+    starts whose ``frames * P`` window fits, so the clip is ``frames`` consecutive entries of one
+    row; a video shorter than the window starts anywhere and its clip loops within its row."""
+    num_phases, n = len(lengths), sum(lengths)
+    if n < 1 or frames < 1:
+        raise ValueError(f"a video needs stored frames and clips frames, got lengths {lengths}, frames {frames}")
+    window = frames * num_phases
+    start = int(rng.integers(0, n - window + 1)) if n >= window else int(rng.integers(0, n))
+    phase = start % num_phases
+    return phase, (start // num_phases + np.arange(frames)) % lengths[phase]
 
 
 def _check(num_frames: int, frames: int, stride: int) -> None:

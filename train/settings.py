@@ -32,8 +32,12 @@ class DataConfig:
     eval_short_side: int = 256
     crop: int = 224
     flip: bool = True  # random horizontal flips in training; off where a mirror image is another class
+    clips_per_video: int = 1  # training clips per video per epoch (the authors' code: 1): every video counts equally
     test_clips: int = 10
-    test_crops: Literal[1, 3] = 1  # 1: centre crop (fully-convolutional protocol); 3: three crops
+    # The multi-clip test's spatial views, each at short side eval_short_side: "full" the whole frame (the
+    # paper's fully-convolutional inference), "three_crop" three squares of that side along the long side
+    # (the authors' code), "center_crop" one `crop` square (what validation always uses).
+    test_protocol: Literal["full", "three_crop", "center_crop"] = "full"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     shuffle_buffer: int = 512  # clips mixed in each worker's local shuffle buffer
@@ -47,11 +51,19 @@ class ModelConfig:
     depth: Literal[50, 101] = 50
     blocks: tuple[int, ...] | None = None  # per-stage units instead of depth (small models)
     width: int = 64
-    pool1_t: Literal[1, 3] = 3
-    pool2: bool = True
+    # The stem and temporal pools (train/models/resnet.py); defaults: the authors' 8-frame trunk. Their
+    # 32-frame models: conv1_t 5, conv1_stride_t 2, pool1_t 2, pool1_stride_t 2. Table 1: pool1_t 3, pool2 3x1x1.
+    conv1_t: int = 1  # conv1's temporal kernel (odd)
+    conv1_stride_t: Literal[1, 2] = 1
+    pool1_t: Literal[1, 2, 3] = 1
+    pool1_stride_t: Literal[1, 2] = 1
+    pool2: Literal["2x1x1", "3x1x1", "none"] = "2x1x1"  # the temporal pool after res2
     dropout: float = 0.5
+    cost_shared: bool = True  # false: each view its own 3x3 kernel (the paper's Table 3 ablation)
     cost_impl: Literal["auto", "views", "stacked", "fold", "composed"] = "auto"  # train/models/cost.py
-    pretrained: str | None = None  # ImageNet 2D ResNet state dict (torchvision names) to inflate from
+    # ImageNet 2D ResNet state dict (torchvision names) to inflate from, local or s3://. Every paper result
+    # starts from one: a Kinetics or Moments run without it is refused unless this says "none" (from scratch).
+    pretrained: str | None = None
     inflate: Literal["mean", "center"] = "mean"
     finetune_from: str | None = None  # a checkpoint of this project to start from (classifier re-made)
     frozen_bn: bool = False  # BatchNorm statistics and affine frozen (fine-tuning)
@@ -71,7 +83,7 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class TrainerConfig:
-    epochs: int = 10  # an epoch uses each stored frame at most once (see train/data.py)
+    epochs: int = 10  # an epoch draws data.clips_per_video clips from every training video (train/data.py)
     batch_size: int = 8  # clips per worker per step
     num_workers: int = 1  # Ray Train workers (one per GPU)
     use_gpu: bool = False
@@ -108,8 +120,22 @@ class TrainConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
+SCRATCH = "none"  # model.pretrained's word for training from random initialisation on purpose
+PAPER_DATASETS = ("kinetics", "moments")  # stores whose runs the paper's ImageNet-initialised results describe
+
+
 def storage_options(cfg: TrainConfig) -> dict:
     return endpoint_options(cfg.data.s3_endpoint)
+
+
+def pretrained_path(m: ModelConfig) -> str | None:
+    """The ImageNet weights to inflate from, or None (unset, or "none": from scratch)."""
+    return None if m.pretrained in (None, SCRATCH) else m.pretrained
+
+
+def init_kind(m: ModelConfig) -> str:
+    """How a run's weights start: "finetune", "imagenet" or "scratch" (the run's tag ``init``)."""
+    return "finetune" if m.finetune_from else "imagenet" if pretrained_path(m) else "scratch"
 
 
 def absolute_paths(cfg: TrainConfig) -> None:
@@ -118,7 +144,7 @@ def absolute_paths(cfg: TrainConfig) -> None:
         return path if path is None or "://" in path else os.path.abspath(os.path.expanduser(path))
 
     cfg.data.store = fix(cfg.data.store)
-    cfg.model.pretrained = fix(cfg.model.pretrained)
+    cfg.model.pretrained = fix(pretrained_path(cfg.model)) or cfg.model.pretrained
     cfg.model.finetune_from = fix(cfg.model.finetune_from)
     cfg.trainer.storage_path = fix(cfg.trainer.storage_path)
 
@@ -128,6 +154,7 @@ def check_values(cfg: TrainConfig) -> None:
     d, t, o = cfg.data, cfg.trainer, cfg.optim
     positive = {"data.frames": d.frames, "data.stride": d.stride, "data.crop": d.crop,
                 "data.eval_short_side": d.eval_short_side, "data.test_clips": d.test_clips,
+                "data.clips_per_video": d.clips_per_video, "model.conv1_t": cfg.model.conv1_t,
                 "data.rows_per_task": d.rows_per_task, "trainer.epochs": t.epochs,
                 "trainer.batch_size": t.batch_size, "trainer.num_workers": t.num_workers,
                 "trainer.log_every": t.log_every, "trainer.checkpoint_every": t.checkpoint_every,
@@ -147,6 +174,11 @@ def check_values(cfg: TrainConfig) -> None:
                           f"got {list(o.milestones)}")
     if t.cpus_per_worker <= 0 or d.loader_cpus <= 0:
         raise ConfigError("config keys 'trainer.cpus_per_worker' and 'data.loader_cpus' must be > 0")
+    if cfg.model.conv1_t % 2 == 0:
+        raise ConfigError(f"config key 'model.conv1_t' must be odd (padded to keep T), got {cfg.model.conv1_t}")
+    if not cfg.model.cost_shared and not cfg.model.arch.startswith("cost"):
+        raise ConfigError(f"config key 'model.cost_shared': false unshares CoST's view kernels; arch "
+                          f"{cfg.model.arch!r} has no CoST layer (use cost_a or cost_b)")
     if cfg.model.cost_impl == "composed" and cfg.model.arch != "cost_a":
         raise ConfigError(f"config key 'model.cost_impl': 'composed' is for arch cost_a only, got arch "
                           f"{cfg.model.arch!r}; use auto, views, stacked or fold")
@@ -172,12 +204,25 @@ def check_against_store(cfg: TrainConfig, store) -> None:  # store: pipeline.sto
                           f"{params['short_side']}): lower data.crop or prepare with a larger --short-side")
 
 
+def check_init(cfg: TrainConfig, store) -> None:  # store: pipeline.store.Store
+    """A training run on Kinetics or Moments starts from weights, or says it trains from scratch."""
+    m, dataset = cfg.model, store.manifest["dataset"]
+    if m.pretrained is None and not m.finetune_from and dataset in PAPER_DATASETS:
+        raise ConfigError(
+            f"config key 'model.pretrained' is not set, and every result of the paper on {dataset} starts from "
+            f"ImageNet weights: give torchvision's original ImageNet ResNet-{m.depth} state dict, e.g. "
+            f"model.pretrained=s3://BUCKET/weights/resnet{m.depth}-imagenet.pth (README, \"ImageNet weights\"), "
+            f"or model.finetune_from=CHECKPOINT to fine-tune a trained run (the 32-frame models), or write "
+            f"model.pretrained={SCRATCH} to train from random initialisation on purpose")
+
+
 def check_shared(cfg: TrainConfig, tracking_uri: str) -> None:
     """On a multi-node Ray cluster, everything the workers read or write must be shared storage."""
     if cfg.trainer.shared_storage:
         return
+    m = cfg.model
     problem = unshared_paths({"data.store": cfg.data.store, "trainer.storage_path": cfg.trainer.storage_path,
-                              "model.pretrained": cfg.model.pretrained, "model.finetune_from": cfg.model.finetune_from,
+                              "model.pretrained": pretrained_path(m), "model.finetune_from": m.finetune_from,
                               "the MLflow tracking URI": tracking_uri}, "trainer.shared_storage=true")
     if problem:
         raise ConfigError(problem)
@@ -185,7 +230,6 @@ def check_shared(cfg: TrainConfig, tracking_uri: str) -> None:
 
 def check_files(cfg: TrainConfig) -> None:
     """The weights a run starts from exist (local or s3://)."""
-    for key in ("pretrained", "finetune_from"):
-        path = getattr(cfg.model, key)
+    for key, path in (("pretrained", pretrained_path(cfg.model)), ("finetune_from", cfg.model.finetune_from)):
         if path and not url_exists(path, storage_options(cfg)):
             raise ConfigError(f"config key 'model.{key}': {path} does not exist")

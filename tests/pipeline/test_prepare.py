@@ -17,7 +17,7 @@ import pytest
 import simplejpeg
 
 from pipeline.prepare import main as prepare
-from pipeline.store import Store
+from pipeline.store import Store, read_table
 from pipeline.synthetic import SyntheticSpec, generate
 
 decord = pytest.importorskip("decord")
@@ -49,8 +49,6 @@ def store_rows(store: Store) -> list[tuple]:
     rows = []
     for split in store.splits:
         for url in store.shard_urls(split):
-            from pipeline.store import read_table
-
             for r in read_table(url).to_pylist():
                 rows.append((r["video_id"], r["phase"], tuple(r["frame_index"]), tuple(r["frames"])))
     return sorted(rows)
@@ -149,6 +147,25 @@ def test_folder_tree(kinetics, tmp_path, ray_cluster):
     assert store.manifest["splits"]["train"]["per_class"] == {lbl: n for (s, lbl), n in counts.items() if s == "train"}
     assert [(r["video_id"], r["reason"]) for r in store.quarantine().to_pylist()] == [
         ("train/moving left/empty", "zero_bytes")]
+
+
+def test_shards_hold_videos_shuffled_with_a_recorded_seed(kinetics, tmp_path, ray_cluster):
+    root = tmp_path / "folder"
+    copy_videos(kinetics, lambda s, label, stem: root / s / label / f"{stem}.mp4")  # ids start with the class
+
+    def shard_classes(seed: int) -> list[list[str]]:
+        out = tmp_path / f"store-{seed}"
+        prepare(["--dataset", "folder", "--root", str(root), "--out", str(out), "--splits", "train",
+                 "--videos-per-shard", "3", "--shuffle-seed", str(seed)])
+        store = Store(str(out))
+        assert store.manifest["params"]["shuffle_seed"] == seed
+        tables = [read_table(url, columns=["label_name", "phase"]).to_pylist() for url in store.shard_urls("train")]
+        return [[r["label_name"] for r in rows if r["phase"] == 0] for rows in tables]
+
+    first, second = shard_classes(0), shard_classes(1)
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) and first != second
+    for shards in (first, second):  # sorted ids would give 4 shards of one class each
+        assert len(shards) == 4 and sum(len(set(s)) for s in shards) > 4
 
 
 def test_rerun_is_a_noop_and_other_settings_are_refused(kinetics, tmp_path, ray_cluster, capsys):

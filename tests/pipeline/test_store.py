@@ -3,7 +3,7 @@
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.store import SCHEMA, phase_rows, read_table, rows_to_table, write_shard
+from pipeline.store import SCHEMA, open_shard, phase_rows, read_table, rows_to_table, shard_directory, write_shard
 
 
 def video_rows(n_frames=20, num_phases=8, video_id="train/v"):
@@ -38,6 +38,21 @@ def test_shard_round_trip_is_atomic_and_leaves_no_temp_files(tmp_path):
     codecs = {group.column(i).path_in_schema.split(".")[0]: group.column(i).compression
               for i in range(group.num_columns)}
     assert codecs["frames"] == "UNCOMPRESSED" and codecs["video_id"] == "ZSTD"  # JPEGs are compressed already
+
+
+def test_each_row_is_a_row_group_listed_in_the_footer(tmp_path):
+    rows = video_rows() + video_rows(video_id="train/w")
+    url = str(tmp_path / "shard.parquet")
+    write_shard(rows_to_table(rows), url)
+    with open_shard(url) as f:
+        shard = pq.ParquetFile(f)
+        directory = shard_directory(shard)
+        assert shard.metadata.num_row_groups == len(rows) == len(directory)
+        for i in (0, 5, len(rows) - 1):  # any row alone, as its directory entry says
+            (row,) = shard.read_row_group(i).to_pylist()
+            assert directory[i] == dict(video_id=row["video_id"], label=row["label"], phase=row["phase"],
+                                        length=len(row["frames"]), height=row["height"], width=row["width"])
+            assert row == rows[i]
 
 
 def test_rejected_table_leaves_the_old_shard_intact(tmp_path):

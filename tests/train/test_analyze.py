@@ -19,7 +19,7 @@ from train.models import build_model
 from train.predict import main as predict
 from train.settings import TrainConfig
 
-SMALL = dict(num_classes=3, blocks=(1, 1, 1, 1), width=8, pool1_t=1, pool2=False)
+SMALL = dict(num_classes=3, blocks=(1, 1, 1, 1), width=8, pool1_t=1, pool2="none")
 
 
 def set_coefficients(model) -> dict[str, np.ndarray]:

@@ -12,37 +12,45 @@ def test_train_view_follows_the_scale_and_crop_ranges():
     rng = np.random.default_rng(0)
     h, w = 320, 427  # a stored frame, short side 320
     views = [train_view(rng, h, w, short_side=(256, 320), crop=224) for _ in range(2000)]
-    sides = np.array([v.side for v in views])
+    sides = np.array([v.height for v in views])
     # 224 pixels at short side s in [256, 320] cover 224 * 320 / s stored pixels: 224 .. 280
+    assert all(v.height == v.width for v in views)
     assert sides.min() >= 224 and sides.max() <= 280 and sides.min() < 230 and sides.max() > 274
-    assert all(0 <= v.top <= h - v.side and 0 <= v.left <= w - v.side for v in views)
+    assert all(0 <= v.top <= h - v.height and 0 <= v.left <= w - v.width for v in views)
     assert max(v.left for v in views) > 140 and min(v.left for v in views) < 10  # crops spread over the frame
     assert 0.45 < np.mean([v.flip for v in views]) < 0.55
     assert not any(train_view(rng, h, w, flip=False).flip for _ in range(100))  # data.flip=false
 
 
-def test_eval_views_centre_and_three_crops():
-    (c,) = eval_views(320, 427, short_side=256, crop=224)
-    assert c.side == 280 and c.top == 20 and c.left == (427 - 280) // 2 and not c.flip
-    three = eval_views(320, 427, short_side=256, crop=224, crops=3)
-    assert [v.left for v in three] == [0, c.left, 427 - 280] and {v.top for v in three} == {20}
-    tall = eval_views(427, 320, short_side=256, crop=224, crops=3)
-    assert [v.top for v in tall] == [0, (427 - 280) // 2, 427 - 280]
-    with pytest.raises(ValueError, match="crops"):
-        eval_views(320, 427, crops=2)
+def test_eval_views_of_each_test_protocol():
+    (full,), size = eval_views(320, 427, short_side=256, crop=224, protocol="full")
+    assert (full.top, full.left, full.height, full.width) == (0, 0, 320, 427) and size == (256, 342)  # whole frame
+    (c,), size = eval_views(320, 427, short_side=256, crop=224, protocol="center_crop")
+    assert (c.height, c.width, c.top, c.left) == (280, 280, 20, (427 - 280) // 2) and size == (224, 224)
+    three, size = eval_views(320, 427, short_side=256, crop=224, protocol="three_crop")
+    assert size == (256, 256) and {(v.top, v.height, v.width) for v in three} == {(0, 320, 320)}  # full short side
+    assert [v.left for v in three] == [0, (427 - 320) // 2, 427 - 320]
+    tall, _ = eval_views(427, 320, short_side=256, crop=224, protocol="three_crop")
+    assert [v.top for v in tall] == [0, (427 - 320) // 2, 427 - 320]
+    _, size = eval_views(360, 640, short_side=256, protocol="full")  # 16:9
+    assert size == (256, 455)
+    with pytest.raises(ValueError, match="test protocol"):
+        eval_views(320, 427, protocol="ten_crop")
 
 
 def test_apply_view_resizes_the_region_and_flips_exactly():
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 255, (3, 60, 80, 3), dtype=np.uint8)
-    view = View(top=5, left=10, side=40)
+    view = View(top=5, left=10, height=40, width=40)
     out = apply_view(frames, view, 40)  # same size: the region itself
     assert out.shape == (3, 40, 40, 3) and np.array_equal(out, frames[:, 5:45, 10:50])
-    flipped = apply_view(frames, View(5, 10, 40, flip=True), 40)
+    flipped = apply_view(frames, View(5, 10, 40, 40, flip=True), 40)
     assert np.array_equal(flipped, out[:, :, ::-1])
     small = apply_view(frames, view, 20)
     assert small.shape == (3, 20, 20, 3)
     assert abs(float(small.mean()) - float(out.mean())) < 2  # a resize, not a crop of a corner
+    wide = apply_view(frames, View(0, 0, 60, 80), (30, 40))  # a whole frame, halved
+    assert wide.shape == (3, 30, 40, 3) and abs(float(wide.mean()) - float(frames.mean())) < 2
 
 
 def test_decode_returns_the_frames():

@@ -1,9 +1,11 @@
-"""Clip cutting from store rows: which stored frames a training or test clip holds."""
+"""Clip cutting from store rows: which stored frames a training or test clip holds, and how an
+epoch draws them (one clip per video per round, whatever the video's length)."""
 
 import numpy as np
 import simplejpeg
 
-from train.data import row_clips, row_rng, video_clips
+from pipeline.store import phase_rows, rows_to_table, write_shard
+from train.data import clip_rng, cut_clip, epoch_plan, shard_clips, video_clips
 from train.sampling import eval_clip_indices
 from train.settings import DataConfig
 
@@ -17,28 +19,70 @@ def frame_codes(clip):  # (T, H, W, 3) -> per-frame values
     return np.round(clip.reshape(len(clip), -1).mean(1)).astype(int)
 
 
-CFG = DataConfig(store="unused", frames=4, train_short_side=(32, 40), crop=24, eval_short_side=32)
+CFG = DataConfig(store="unused", frames=4, train_short_side=(32, 40), crop=24, eval_short_side=32, rows_per_task=3)
 
 
-def test_row_clips_are_consecutive_row_entries_and_cover_the_row():
+def test_cut_clip_decodes_the_entries_it_is_given():
     row = coded(range(10, 10 + 12 * 10, 10))  # 12 entries of one phase row
-    clips = row_clips(row, 32, 40, np.random.default_rng(0), CFG)
-    assert clips.shape == (3, 4, 24, 24, 3)  # floor(12 / 4) non-overlapping clips
-    codes = np.array([frame_codes(c) for c in clips]) // 10 - 1  # entry index of each frame
-    assert np.all(np.diff(codes, axis=1) == 1)  # consecutive entries (a row is every stride-th frame)
-    assert sorted(codes.ravel().tolist()) == list(range(12))  # every entry used exactly once
+    clip = cut_clip(row, np.array([5, 6, 7, 8]), 32, 40, np.random.default_rng(0), CFG)
+    assert clip.shape == (4, 24, 24, 3) and frame_codes(clip).tolist() == [60, 70, 80, 90]
+    looped = cut_clip(row[:3], np.array([2, 0, 1, 2]), 32, 40, np.random.default_rng(0), CFG)
+    assert frame_codes(looped).tolist() == [30, 10, 20, 30]
 
 
-def test_a_short_row_loops_and_rows_are_reproducible():
-    row = coded([50, 100, 150])
-    a = row_clips(row, 32, 40, row_rng(1, 2, "v", 3), CFG)
-    b = row_clips(row, 32, 40, row_rng(1, 2, "v", 3), CFG)
-    assert a.shape == (1, 4, 24, 24, 3) and np.array_equal(a, b)
-    codes = frame_codes(a[0])
-    assert codes[0] == codes[3] and len(set(codes.tolist())) == 3
-    draws = {row_rng(*key).random() for key in [(1, 2, "v", 3), (1, 3, "v", 3), (1, 2, "w", 3), (1, 2, "v", 4),
+def write_videos(url, lengths, phases=4):
+    """A shard of videos 'v0', 'v1', ... with ``lengths`` stored frames; frame j of video i has code 2j+1
+    (frame codes below 250) and label i."""
+    rows = []
+    for i, n in enumerate(lengths):
+        rows += phase_rows(video_id=f"v{i}", label=i, label_name=f"c{i}", split="train", source="/x.mp4", fps=25.0,
+                           num_frames=n, height=32, width=40, indices=list(range(n)),
+                           jpegs=coded([2 * j % 250 + 1 for j in range(n)]), num_phases=phases)
+    write_shard(rows_to_table(rows), url)
+
+
+def test_a_shard_gives_one_clip_per_video_whatever_its_length(tmp_path):
+    url = str(tmp_path / "shard.parquet")
+    lengths = [16, 120, 40, 5, 70]  # short, long and one shorter than a clip's 16-frame window
+    write_videos(url, lengths)
+    blocks = list(shard_clips(url, 0, CFG, {}, num_phases=4, seed=3, epoch=1))
+    assert [len(b["label"]) for b in blocks] == [3, 2]  # rows_per_task clips per block
+    labels = np.concatenate([b["label"] for b in blocks])
+    assert sorted(labels.tolist()) == list(range(len(lengths)))  # every video exactly once
+    for clip, label in zip(np.concatenate([b["clip"] for b in blocks]), labels, strict=True):
+        stored = (frame_codes(clip) - 1) // 2  # the stored frame index of each clip frame
+        if lengths[label] >= 16:  # a clip is every 4th stored frame of a 16-frame window
+            assert np.all(np.diff(stored) == 4) and stored[-1] < lengths[label]
+    again = np.concatenate([b["clip"] for b in shard_clips(url, 0, CFG, {}, num_phases=4, seed=3, epoch=1)])
+    assert np.array_equal(again, np.concatenate([b["clip"] for b in blocks]))  # reproducible
+    other = np.concatenate([b["clip"] for b in shard_clips(url, 1, CFG, {}, num_phases=4, seed=3, epoch=1)])
+    assert not np.array_equal(other, again)  # the next round draws anew
+
+
+def test_clips_of_a_long_video_start_all_over_it(tmp_path):
+    url = str(tmp_path / "shard.parquet")
+    write_videos(url, [120])
+    starts = {int((frame_codes(b["clip"][0])[0] - 1) // 2) for r in range(60)
+              for b in shard_clips(url, r, CFG, {}, num_phases=4, seed=0, epoch=0)}
+    assert min(starts) < 15 and max(starts) > 90 and len({s % 4 for s in starts}) == 4  # every phase row
+
+
+def test_an_epoch_is_rounds_over_every_shard(tmp_path):
+    class FakeStore:
+        manifest = {"splits": {"train": {"shards": [f"train/shard-{i:05d}.parquet" for i in range(5)]}}}
+
+        def shard_urls(self, split):
+            return [f"store/{s}" for s in self.manifest["splits"][split]["shards"]]
+
+    cfg = DataConfig(store="store", clips_per_video=3)
+    plan = epoch_plan(FakeStore(), cfg, seed=0, epoch=0)
+    assert [t["round"] for t in plan] == [0] * 5 + [1] * 5 + [2] * 5
+    assert all(sorted(t["url"] for t in plan[r * 5:(r + 1) * 5]) == FakeStore().shard_urls("train") for r in range(3))
+    assert [t["url"] for t in plan[:5]] != [t["url"] for t in plan[5:10]]  # each round in its own order
+    assert plan != epoch_plan(FakeStore(), cfg, seed=0, epoch=1)
+    draws = {clip_rng(*key).random() for key in [(1, 2, "v", 3), (1, 3, "v", 3), (1, 2, "w", 3), (1, 2, "v", 4),
                                                   (1, 2, "v", 3, 5), (2, 2, "v", 3)]}
-    assert len(draws) == 6  # seed, epoch, video, phase and a resumed epoch's step each draw anew
+    assert len(draws) == 6  # seed, epoch, video, round and a resumed epoch's step each draw anew
 
 
 def test_video_clips_follow_the_test_protocol():
@@ -46,8 +90,11 @@ def test_video_clips_follow_the_test_protocol():
     rows = {p: [] for p in range(num_phases)}
     for j in range(n):  # stored frame j is row j % P, entry j // P
         rows[j % num_phases] += coded([4 * j + 2])
-    views = video_clips(rows, num_phases, 32, 40, frames=4, clips=5, crops=3, short_side=32, crop=24)
-    assert views.shape == (15, 4, 24, 24, 3)
     want = eval_clip_indices(n, frames=4, stride=num_phases, clips=5)
-    got = np.array([frame_codes(v) for v in views[::3]]) // 4  # one view per clip
-    assert np.array_equal(got, want)
+    for protocol, shape in (("three_crop", (15, 4, 32, 32, 3)), ("full", (5, 4, 32, 40, 3)),
+                            ("center_crop", (5, 4, 24, 24, 3))):
+        views = video_clips(rows, num_phases, 32, 40, frames=4, clips=5, protocol=protocol, short_side=32, crop=24)
+        assert views.shape == shape, protocol
+        step = 3 if protocol == "three_crop" else 1
+        got = np.array([frame_codes(v) for v in views[::step]]) // 4  # one view per clip
+        assert np.array_equal(got, want)

@@ -22,8 +22,8 @@ CONFIG = str(ROOT / "configs" / "tiny_synthetic.yaml")
 # The demo's model on a cheaper task: 4-frame clips of the appearance store, flips on, the paper's lr
 # drops at 1/2 and 3/4 of training, validated every epoch.
 SMALL = ["data.frames=4", "data.stride=8", "data.test_clips=4", "data.flip=true", "optim.milestones=[0.5,0.75]",
-         "trainer.val_every=1", "trainer.checkpoint_every=50"]
-STEPS_PER_EPOCH = 12  # 48 videos x 8 phase rows, one 4-frame clip each, over 2 workers x 16 clips
+         "trainer.val_every=1", "trainer.checkpoint_every=50", "data.clips_per_video=8"]
+STEPS_PER_EPOCH = 12  # 48 videos x 8 clips each, over 2 workers x 16 clips
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +50,20 @@ def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
 
 
-def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path):
-    assert clips_per_epoch(Store(store), "train", 4) == STEPS_PER_EPOCH * 2 * 16
+def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path, capsys):
+    assert clips_per_epoch(Store(store), "train", 8) == STEPS_PER_EPOCH * 2 * 16
     assert main(args(store, mlflow_server, tmp_path, "name=learn", "trainer.epochs=4", "trainer.log_every=4")) == 0
+    # Before it starts, the run says what it will do in the paper's units: clips and iterations.
+    assert "48 videos x 8 clip(s) = 384 clips per epoch; 4 epochs = 1,536 clips in 48 iterations of 32 clips " \
+           "(2 workers x 16); lr drops at iterations 24, 36" in capsys.readouterr().out
     run = find_run(mlflow_server, "learn")
     rid = run.info.run_id
     assert run.info.status == "FINISHED"
     assert run.data.params["model.arch"] == "cost_b" and run.data.params["trainer.num_workers"] == "2"
     assert run.data.tags["arch"] == "cost_b" and run.data.tags["frames"] == "4"
     assert run.data.tags["store_fingerprint"] == Store(store).manifest["input_fingerprint"]
+    assert run.data.tags["test_protocol"] == "full" and run.data.params["data.test_protocol"] == "full"
+    assert run.data.tags["init"] == "scratch"
     nodes = run.data.tags["worker_nodes"].split(",")  # one Ray node ID per rank: the session's one node
     assert len(nodes) == 2 and nodes[0] == nodes[1] and len(nodes[0]) == 56
     losses = [v for _, v in history(mlflow_server, rid, "loss")]
@@ -153,3 +158,24 @@ def test_a_crashing_run_is_marked_failed(store, mlflow_server, tmp_path):
     with pytest.raises(Exception, match="conv1.weight"):
         main(args(store, mlflow_server, tmp_path, "name=crash", f"model.pretrained={bad}", "trainer.max_failures=0"))
     assert find_run(mlflow_server, "crash").info.status == "FAILED"
+
+
+def test_a_kinetics_store_without_weights_is_refused_before_ray_starts(store, mlflow_server, tmp_path, monkeypatch,
+                                                                      capsys):
+    kinetics = str(tmp_path / "kinetics-store")  # the same videos, prepared as Kinetics
+    assert prepare(["--dataset", "kinetics", "--root", str(Path(store).parent / "src"), "--out", kinetics,
+                    "--limit", "8"]) == 0
+
+    class RayStarted(Exception):
+        pass
+
+    def ray_started(*a, **k):
+        raise RayStarted
+
+    monkeypatch.setattr(train.main, "connect_ray", ray_started)
+    assert main(args(kinetics, mlflow_server, tmp_path, "data.clips_per_video=1", "trainer.batch_size=2")) == 2
+    err = capsys.readouterr().err
+    assert "'model.pretrained'" in err and "model.pretrained=none" in err
+    with pytest.raises(RayStarted):  # on purpose, it passes every check
+        main(args(kinetics, mlflow_server, tmp_path, "data.clips_per_video=1", "trainer.batch_size=2",
+                  "model.pretrained=none"))

@@ -23,11 +23,10 @@ from pipeline.store import Store, read_table
 from train.augment import normalize
 from train.checkpoints import make_model, save_state
 from train.config import load_config, to_dict
-from train.data import TRAIN_COLUMNS, row_clips, row_rng, shard_videos
+from train.data import clips_per_epoch, epoch_plan, shard_clips, shard_videos
 from train.evaluate import video_probs
 from train.loop import lr_factor
 from train.predict import main as predict
-from train.sampling import clips_in_row
 from train.settings import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,19 +49,19 @@ def train(store_url: str, arch: str) -> tuple[torch.nn.Module, TrainConfig, floa
     cfg = load_config(TrainConfig, ROOT / "configs" / "tiny_synthetic.yaml", [f"data.store={store_url}",
                                                                               f"model.arch={arch}"])
     store, d, o = Store(store_url), cfg.data, cfg.optim
-    rows = [r for url in store.shard_urls("train") for r in read_table(url, columns=TRAIN_COLUMNS).to_pylist()]
     model = make_model(cfg.model, len(store.classes))
     batch = cfg.trainer.batch_size * cfg.trainer.num_workers
     opt = torch.optim.SGD(model.parameters(), lr=o.lr * batch / o.lr_batch, momentum=o.momentum,
                           weight_decay=o.weight_decay)
-    per_epoch = sum(clips_in_row(len(r["frames"]), d.frames) for r in rows) // batch
+    per_epoch = clips_per_epoch(store, "train", d.clips_per_video) // batch
     total, warmup = cfg.trainer.epochs * per_epoch, int(o.warmup_epochs * per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, o.milestones, o.gamma))
+    phases = store.manifest["params"]["num_phases"]
     for epoch in range(cfg.trainer.epochs):
-        cut = [row_clips(r["frames"], r["height"], r["width"], row_rng(SEED, epoch, r["video_id"], r["phase"]), d)
-               for r in rows]
-        clips = torch.from_numpy(np.concatenate(cut))
-        labels = torch.tensor(np.repeat([r["label"] for r in rows], [len(c) for c in cut]))
+        cut = [b for task in epoch_plan(store, d, seed=SEED, epoch=epoch)  # what the loader's tasks make
+               for b in shard_clips(task["url"], task["round"], d, {}, num_phases=phases, seed=SEED, epoch=epoch)]
+        clips = torch.from_numpy(np.concatenate([b["clip"] for b in cut]))
+        labels = torch.from_numpy(np.concatenate([b["label"] for b in cut]))
         order = torch.randperm(len(labels))
         model.train()
         for i in range(0, len(order) - batch + 1, batch):
@@ -75,7 +74,7 @@ def train(store_url: str, arch: str) -> tuple[torch.nn.Module, TrainConfig, floa
     model.eval()
     hits = [int(video_probs(model, torch.from_numpy(views[None]), d)[0].argmax()) == label
             for url in store.shard_urls("val")
-            for _, label, views in shard_videos(url, d, {}, clips=d.test_clips, crops=1)]
+            for _, label, views in shard_videos(url, d, {}, clips=d.test_clips, protocol=d.test_protocol)]
     return model, cfg, float(np.mean(hits))
 
 

@@ -10,16 +10,18 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from train.analyze import write_csv
-from train.report import RunResult, load_paper, main, mixed_settings, model_label, table
+from train.report import RunResult, load_paper, main, mixed_settings, model_label, protocol_label, table
 
 
 def log_run(client: MlflowClient, exp: str, name: str, *, arch: str, seed: int = 0, metrics: dict,
             dataset: str = "kinetics", classes: str = "400", depth: str = "50", frames: int = 8,
-            status: str = "FINISHED", mode: str = "train", lr: str = "0.005", speed=(40.0, 100.0, 110.0)) -> str:
+            status: str = "FINISHED", mode: str = "train", lr: str = "0.005", speed=(40.0, 100.0, 110.0),
+            protocol: str = "full", shared: str = "True") -> str:
     run = client.create_run(exp, run_name=name, tags={"mode": mode, "arch": arch, "dataset": dataset,
                                                       "classes": classes, "hardware": "8 x GPU"})
     params = {"name": name, "model.arch": arch, "model.depth": depth, "model.blocks": "None", "model.width": "64",
-              "data.frames": str(frames), "trainer.seed": str(seed), "optim.lr": lr}
+              "data.frames": str(frames), "trainer.seed": str(seed), "optim.lr": lr, "data.test_clips": "10",
+              "data.test_protocol": protocol, "data.eval_short_side": "256", "model.cost_shared": shared}
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()],
                      metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()] +
                      [Metric("clips_per_s", v, 0, i) for i, v in enumerate(speed)])
@@ -44,6 +46,8 @@ def test_report_groups_runs_beside_the_papers_numbers(experiment, mlflow_server,
     log_run(client, exp, "k400-c2d-s0", arch="c2d", seed=0, metrics=accuracy(0.70, 0.89))
     log_run(client, exp, "k400-c2d-s1", arch="c2d", seed=1, metrics=accuracy(0.72, 0.91))
     cost = log_run(client, exp, "k400-cost_b", arch="cost_b", metrics=accuracy(0.74, 0.92))
+    log_run(client, exp, "k400-cost_b-3crop", arch="cost_b", metrics=accuracy(0.75, 0.93), protocol="three_crop")
+    log_run(client, exp, "k400-cost_b-unshared", arch="cost_b", metrics=accuracy(0.73, 0.90), shared="False")
     log_run(client, exp, "mit-c3d-r101", arch="c3d", dataset="moments", classes="339", depth="101",
             metrics=accuracy(0.31, 0.58))
     log_run(client, exp, "crashed", arch="c3d", metrics=accuracy(0.1, 0.2), status="FAILED")
@@ -60,16 +64,23 @@ def test_report_groups_runs_beside_the_papers_numbers(experiment, mlflow_server,
     assert main(["--experiment", name, "--tracking-uri", mlflow_server, "--out", str(out)]) == 0
     with open(out / "report.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["dataset"], r["model"], r["arch"], r["runs"]) for r in rows] == [
-        ("kinetics400", "R50", "c2d", "2"), ("kinetics400", "R50", "cost_b", "1"), ("moments", "R101", "c3d", "1")]
+    assert [(r["dataset"], r["model"], r["arch"], r["kernels"], r["protocol"], r["runs"]) for r in rows] == [
+        ("kinetics400", "R50", "c2d", "-", "10 x full @ 256", "2"),
+        ("kinetics400", "R50", "cost_b", "shared", "10 x full @ 256", "1"),
+        ("kinetics400", "R50", "cost_b", "shared", "10 x three_crop @ 256", "1"),
+        ("kinetics400", "R50", "cost_b", "unshared", "10 x full @ 256", "1"),
+        ("moments", "R101", "c3d", "-", "10 x full @ 256", "1")]
     c2d = rows[0]
     assert float(c2d["test_top1"]) == pytest.approx(71.0) and float(c2d["test_top1_std"]) == pytest.approx(1.41)
     assert float(c2d["val_top5"]) == pytest.approx(85.0) and float(c2d["clips_per_s"]) == pytest.approx(100.0)
     assert (c2d["paper_top1"], c2d["paper_top5"], c2d["paper_source"]) == ("71.5", "89.8", "Table 5")
-    assert (rows[2]["paper_top1"], rows[2]["test_top1_std"]) == ("30.6", "")  # one run: no spread
+    assert (rows[4]["paper_top1"], rows[4]["test_top1_std"]) == ("30.6", "")  # one run: no spread
+    assert rows[1]["paper_source"] == "Tables 2, 3 and 5" and rows[3]["paper_top1"] == "73.2"  # Table 3: unshared
+    assert rows[2]["paper_top1"] == ""  # tested otherwise than the paper: no paper numbers beside it
     printed = capsys.readouterr().out
-    assert ("| kinetics400 | R50 | C2D | 8 | 2 | 24.3 | 39 | 100.0 | 66.0 ± 1.4 | 85.0 ± 1.4 | 71.0 ± 1.4 | "
-            "90.0 ± 1.4 | 71.5 | 89.8 |") in printed
+    assert ("| kinetics400 | R50 | C2D | 8 | 10 x full @ 256 | 2 | 24.3 | 39 | 100.0 | 66.0 ± 1.4 | 85.0 ± 1.4 | "
+            "71.0 ± 1.4 | 90.0 ± 1.4 | 71.5 | 89.8 |") in printed
+    assert "| kinetics400 | R50 | CoST(b) unshared | 8 | 10 x full @ 256 | 1 |" in printed
     assert "view shares over 1 CoST layers: H-W 0.50, T-W 0.30, T-H 0.20 (temporal 0.50)" in printed
     assert "classes by temporal share: dancing 0.60, reading 0.30" in printed
 
@@ -89,12 +100,15 @@ def test_report_of_an_empty_or_unknown_experiment(experiment, mlflow_server, cap
 def test_groups_and_labels():
     def run(name: str, lr: str, blocks: str = "None") -> RunResult:
         params = {"name": name, "optim.lr": lr, "trainer.seed": name, "model.blocks": blocks, "model.width": "16"}
-        return RunResult(name, name, ("synthetic", model_label(params), "c3d", 8), {"test_top1": 0.5}, "", params)
+        key = ("synthetic", model_label(params), "c3d", 8, "-", "10 x full @ 256")
+        return RunResult(name, name, key, {"test_top1": 0.5}, "", params)
 
     assert mixed_settings([run("a", "0.01"), run("b", "0.01")]) == []
-    assert mixed_settings([run("a", "0.01"), run("b", "0.02")]) == ["synthetic / R? / c3d / 8: its runs differ in "
-                                                                    "optim.lr"]
+    assert mixed_settings([run("a", "0.01"), run("b", "0.02")]) == [
+        "synthetic / R? / c3d / 8 / - / 10 x full @ 256: its runs differ in optim.lr"]
     assert model_label({"model.blocks": "(1, 1, 1, 1)", "model.width": "16"}) == "blocks 1-1-1-1 w16"
     rows = table([run("a", "0.01", "(1, 1, 1, 1)")], load_paper())
     assert rows[0]["model"] == "blocks 1-1-1-1 w16" and rows[0]["paper_top1"] is None
-    assert len(load_paper()) == 16
+    assert len(load_paper()) == 18  # Tables 2 and 4-7, and Table 3's two unshared rows
+    assert protocol_label({"data.test_clips": "10", "data.test_crops": "3", "data.eval_short_side": "256"}) == \
+        "10 x three_crop @ 256"  # a run from before data.test_protocol

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from train.sampling import eval_clip_indices, row_clip_positions, train_clip_indices
+from train.sampling import eval_clip_indices, train_clip_in_rows, train_clip_indices
 
 
 def test_train_clip_is_a_64_frame_window_at_stride_8():
@@ -41,17 +41,37 @@ def test_ten_test_clips_spread_uniformly():
     assert eval_clip_indices(256, frames=32, stride=8).shape == (10, 32)  # the 32-frame models
 
 
-def test_row_clips_cover_a_row_without_overlap():
-    rng = np.random.default_rng(3)
-    pos = row_clip_positions(37, rng)  # a 300-frame video's phase row at stride 8
-    assert pos.shape == (4, 8) and len(set(pos.ravel())) == 32 and pos.max() < 37
-    assert np.all(np.diff(pos, axis=1) == 1)  # consecutive entries, none wrapping around the row's end
-    assert np.all(pos[1:, 0] > pos[:-1, -1])  # in order, not overlapping
-    starts = {tuple(row_clip_positions(37, rng)[:, 0]) for _ in range(50)}
-    assert len(starts) > 10  # the 5 spare entries fall in random gaps
-    assert row_clip_positions(16, rng).tolist() == [list(range(8)), list(range(8, 16))]  # no spare entries
-    assert row_clip_positions(4, rng).tolist()[0] in ([0, 1, 2, 3, 0, 1, 2, 3], [1, 2, 3, 0, 1, 2, 3, 0],
-                                                      [2, 3, 0, 1, 2, 3, 0, 1], [3, 0, 1, 2, 3, 0, 1, 2])
+def phase_lengths(n: int, phases: int) -> list[int]:
+    """Row lengths of an n-frame video stored in ``phases`` phase rows."""
+    return [len(range(p, n, phases)) for p in range(phases)]
+
+
+@pytest.mark.parametrize("n, phases, frames", [(300, 8, 8), (301, 8, 8), (250, 4, 32), (64, 8, 8), (90, 2, 32)])
+def test_a_clip_in_phase_rows_is_the_papers_clip(n, phases, frames):
+    lengths = phase_lengths(n, phases)
+    for seed in range(200):
+        phase, entries = train_clip_in_rows(lengths, np.random.default_rng(seed), frames=frames)
+        want = train_clip_indices(n, np.random.default_rng(seed), frames=frames, stride=phases)
+        assert np.array_equal(phase + phases * entries, want)  # the same stored frames
+        assert np.all(np.diff(entries) == 1) and entries[-1] < lengths[phase]  # consecutive, no wrap
+
+
+def test_clip_starts_cover_every_phase_and_the_whole_window_range():
+    lengths, rng = phase_lengths(300, 8), np.random.default_rng(0)
+    starts = [p + 8 * e[0] for p, e in (train_clip_in_rows(lengths, rng) for _ in range(4000))]
+    assert min(starts) == 0 and max(starts) == 300 - 64 and len(set(np.array(starts) % 8)) == 8
+    counts = np.bincount(starts, minlength=237)
+    assert counts.max() < 3 * counts.mean()  # uniform, not favouring one row or one end
+
+
+def test_a_short_video_loops_within_one_row():
+    rng = np.random.default_rng(1)
+    for n, phases in ((30, 8), (5, 8), (1, 8), (9, 4)):
+        lengths = phase_lengths(n, phases)
+        for _ in range(50):
+            phase, entries = train_clip_in_rows(lengths, rng, frames=8)
+            assert lengths[phase] > 0 and entries.max() < lengths[phase]
+            assert np.all((entries[1:] - entries[:-1]) % lengths[phase] == 1 % lengths[phase])
 
 
 def test_bad_arguments_are_refused():

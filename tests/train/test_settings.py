@@ -2,13 +2,23 @@
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import get_args, get_type_hints
 
 import pytest
 
 from train.config import ConfigError, from_dict, load_config
 from train.models import IMPLS
-from train.settings import ModelConfig, TrainConfig, absolute_paths, check_values
+from train.settings import (
+    ModelConfig,
+    TrainConfig,
+    absolute_paths,
+    check_files,
+    check_init,
+    check_values,
+    init_kind,
+    pretrained_path,
+)
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -18,22 +28,66 @@ def test_config_loads_and_checks(path):
     cfg = load_config(TrainConfig, path)
     check_values(cfg)
     if path.name.startswith(("kinetics400", "moments")):
-        o, d = cfg.optim, cfg.data
-        assert (o.lr, o.lr_batch, o.momentum, o.weight_decay, o.milestones) == (0.005, 32, 0.9, 1e-4, (0.5, 0.75))
+        o, d, m, t = cfg.optim, cfg.data, cfg.model, cfg.trainer
+        # The authors' schedule: lr 0.01 for 64 clips (= the paper's 0.005 for 32), / 10 at 1/2 and 3/4.
+        assert (o.lr, o.lr_batch, o.momentum, o.weight_decay, o.milestones) == (0.01, 64, 0.9, 1e-4, (0.5, 0.75))
+        assert t.batch_size * t.num_workers == 64 and o.clip_grad == 40 and o.warmup_epochs == 0
         assert (d.train_short_side, d.crop, d.eval_short_side, d.test_clips) == ((256, 320), 224, 256, 10)
+        assert d.clips_per_video == 1 and d.test_protocol == "full" and d.flip
         depth, frames = path.stem.split("_")[1:]
-        assert cfg.model.depth == int(depth[1:]) and d.frames == int(frames[:-1])
+        assert m.depth == int(depth[1:]) and d.frames == int(frames[:-1])
         span = {8: 64, 32: 128 if path.name.startswith("kinetics") else 64}[d.frames]  # paper section 4
         assert d.frames * d.stride == span
+        assert m.pretrained is None and m.pool2 == "2x1x1" and m.cost_shared  # weights: the user's, checked
+        if d.frames == 8:  # 600k iterations of 64 clips over ~241k (Kinetics) or ~802k (Moments) videos
+            assert t.epochs == (160 if path.name.startswith("kinetics") else 48)
+            assert (m.conv1_t, m.conv1_stride_t, m.pool1_t, m.pool1_stride_t) == (1, 1, 1, 1)
+        else:  # the authors' 32-frame stem, fine-tuned from the 8-frame model with BatchNorm frozen
+            assert (m.conv1_t, m.conv1_stride_t, m.pool1_t, m.pool1_stride_t) == (5, 2, 2, 2) and m.frozen_bn
 
 
 @pytest.mark.parametrize("override", ["data.frames=0", "data.train_short_side=[300, 200]",
                                       "data.eval_short_side=100", "optim.milestones=[1.5]",
-                                      "model.cost_impl=composed"])
+                                      "model.cost_impl=composed", "data.clips_per_video=0", "model.conv1_t=4",
+                                      "data.test_protocol=ten_crop", "model.pool2=4x1x1"])
 def test_value_checks_name_the_key(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"'{key}'"):
         check_values(load_config(TrainConfig, None, ["data.store=s", override]))
+
+
+def test_unshared_kernels_are_for_cost_models_only():
+    check_values(load_config(TrainConfig, None, ["data.store=s", "model.arch=cost_b", "model.cost_shared=false"]))
+    with pytest.raises(ConfigError, match="'model.cost_shared'.*c3d"):
+        check_values(load_config(TrainConfig, None, ["data.store=s", "model.arch=c3d", "model.cost_shared=false"]))
+
+
+@pytest.mark.parametrize("dataset, overrides, refused", [
+    ("kinetics", [], True),
+    ("moments", [], True),
+    ("kinetics", ["model.pretrained=none"], False),
+    ("kinetics", ["model.pretrained=s3://b/resnet50.pth"], False),
+    ("moments", ["model.finetune_from=s3://b/run/checkpoint"], False),
+    ("folder", [], False),
+    ("synthetic", [], False),
+])
+def test_paper_datasets_never_train_from_scratch_silently(dataset, overrides, refused):
+    cfg = load_config(TrainConfig, None, ["data.store=s", *overrides])
+    store = SimpleNamespace(manifest={"dataset": dataset})
+    if not refused:
+        check_init(cfg, store)
+        return
+    with pytest.raises(ConfigError, match="'model.pretrained'") as e:
+        check_init(cfg, store)
+    assert "ImageNet" in str(e.value) and "model.pretrained=none" in str(e.value)
+
+
+def test_scratch_is_a_word_not_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(TrainConfig, None, ["data.store=s", "model.pretrained=none"])
+    absolute_paths(cfg)
+    check_files(cfg)  # "none" is no file to look for
+    assert cfg.model.pretrained == "none" and pretrained_path(cfg.model) is None and init_kind(cfg.model) == "scratch"
 
 
 def test_local_paths_become_absolute_and_urls_stay(tmp_path, monkeypatch):

@@ -4,7 +4,8 @@
     print(report.summary())
 
 Rules, key by key (names are the same in both networks):
-* a 2D kernel (O, I, k, k) where the model has (O, I, 1, k, k) becomes 1xkxk;
+* a 2D kernel (O, I, k, k) where the model has (O, I, 1, k, k) becomes 1xkxk; a 1xkxk kernel where
+  the model has txkxk (the 32-frame stem fine-tuned from an 8-frame model) is inflated as below;
 * C3D's inflated first convolution (O, I, 3, 1, 1) receives the 2D 1x1 kernel repeated over the
   3 time steps and divided by 3 (``inflate="mean"``, as I3D and the non-local networks), so a
   clip of identical frames gives the 2D response away from the clip's ends; ``inflate="center"``
@@ -62,9 +63,12 @@ def read_state_dict(source: str | os.PathLike | dict) -> dict[str, torch.Tensor]
 
 
 def convert(key: str, src: torch.Tensor, dst: torch.Tensor, inflate: str) -> torch.Tensor:
-    """``src`` (2D) reshaped/inflated to ``dst``'s shape, or a PretrainedError naming ``key``."""
+    """``src`` (2D, or a 3D kernel one step deep) reshaped/inflated to ``dst``'s shape, or a
+    PretrainedError naming ``key``."""
     if src.shape == dst.shape:
         return src
+    if src.dim() == 5 and src.shape[2] == 1 and dst.dim() == 5:  # e.g. an 8-frame model's 1x7x7 conv1
+        src = src[:, :, 0]
     is_2d_of = src.dim() == 4 and dst.dim() == 5 and dst.shape[:2] == src.shape[:2]
     if is_2d_of and dst.shape[3:] == src.shape[2:]:
         t = dst.shape[2]

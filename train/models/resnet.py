@@ -62,26 +62,50 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+Pool2 = Literal["2x1x1", "3x1x1", "none"]
+
+
+def temporal_pool2(kind: str) -> nn.Module:
+    """The temporal pool after res2 that halves T: the authors' code (and the non-local baselines
+    the paper follows) use max 2x1x1 /2; the paper's Table 1 writes max 3x1x1 /2 (padded here)."""
+    if kind == "2x1x1":
+        return nn.MaxPool3d((2, 1, 1), stride=(2, 1, 1))
+    if kind == "3x1x1":
+        return nn.MaxPool3d((3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0))
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"pool2 must be '2x1x1', '3x1x1' or 'none', got {kind!r}")
+
+
 class VideoResNet(nn.Module):
-    """conv1 1x7x7 /(1,2,2) - pool1 max (pool1_t)x3x3 /(1,2,2) - res2 - [pool2 max 3x1x1 /2] -
-    res3 - res4 - res5 - global average pool - dropout - fc."""
+    """conv1 (conv1_t)x7x7 /(conv1_stride_t,2,2) - pool1 max (pool1_t)x3x3 /(pool1_stride_t,2,2) -
+    res2 - pool2 (temporal, /2) - res3 - res4 - res5 - global average pool - dropout - fc.
+
+    The defaults are the authors' published 8-frame trunk (conv1 1x7x7, pool1 1x3x3, pool2 2x1x1);
+    their 32-frame models use conv1_t=5, conv1_stride_t=2, pool1_t=2, pool1_stride_t=2, so that
+    res3-res5 see T/8. The paper's Table 1 writes pool1 3x3x3 (pool1_t=3) and pool2 3x1x1."""
 
     def __init__(self, *, unit: Unit, num_classes: int, blocks: Sequence[int],
-                 temporal: Sequence[Sequence[int]], width: int = 64, pool1_t: int = 3,
-                 pool2: bool = True, dropout: float = 0.5, cost_shared: bool = True,
-                 cost_impl: str = "auto", frozen_bn: bool = False) -> None:
+                 temporal: Sequence[Sequence[int]], width: int = 64, conv1_t: int = 1, conv1_stride_t: int = 1,
+                 pool1_t: int = 1, pool1_stride_t: int = 1, pool2: Pool2 = "2x1x1", dropout: float = 0.5,
+                 cost_shared: bool = True, cost_impl: str = "auto", frozen_bn: bool = False) -> None:
         super().__init__()
         if len(blocks) != 4 or [len(s) for s in temporal] != list(blocks):
             raise ValueError(f"temporal table {tuple(map(tuple, temporal))} does not match blocks "
                              f"{tuple(blocks)}: one 0/1 per residual unit, per stage")
-        if pool1_t not in (1, 3):
-            raise ValueError(f"pool1_t must be 1 or 3, got {pool1_t}")
+        if conv1_t < 1 or conv1_t % 2 == 0 or pool1_t not in (1, 2, 3) or {conv1_stride_t, pool1_stride_t} - {1, 2}:
+            raise ValueError(f"conv1_t must be odd, pool1_t 1, 2 or 3 and the temporal strides 1 or 2; got "
+                             f"conv1_t={conv1_t} conv1_stride_t={conv1_stride_t} pool1_t={pool1_t} "
+                             f"pool1_stride_t={pool1_stride_t}")
         self.unit, self.temporal = unit, tuple(tuple(s) for s in temporal)
-        self.conv1 = nn.Conv3d(3, width, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False)
+        self.conv1 = nn.Conv3d(3, width, (conv1_t, 7, 7), stride=(conv1_stride_t, 2, 2),
+                               padding=(conv1_t // 2, 3, 3), bias=False)
         self.bn1 = nn.BatchNorm3d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d((pool1_t, 3, 3), stride=(1, 2, 2), padding=(pool1_t // 2, 1, 1))
-        self.pool2 = nn.MaxPool3d((3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0)) if pool2 else nn.Identity()
+        # An odd temporal kernel is padded to keep T; the authors' 2x3x3 pool (with stride 2) is not.
+        self.maxpool = nn.MaxPool3d((pool1_t, 3, 3), stride=(pool1_stride_t, 2, 2),
+                                    padding=(pool1_t // 2 if pool1_t % 2 else 0, 1, 1))
+        self.pool2 = temporal_pool2(pool2)
         in_channels = width
         for stage, (n, marks) in enumerate(zip(blocks, self.temporal, strict=True)):
             planes = width * 2**stage
@@ -113,11 +137,11 @@ class VideoResNet(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, T, H, W)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, T, H/4, W/4)
-        x = self.pool2(self.layer1(x))  # (N, 4w, T/2, H/4, W/4)
-        x = self.layer2(x)  # (N, 8w, T/2, H/8, W/8)
-        x = self.layer3(x)  # (N, 16w, T/2, H/16, W/16)
-        return self.layer4(x)  # (N, 32w, T/2, H/32, W/32)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, T', H/4, W/4); T' = T, or T/4 (32-frame stem)
+        x = self.pool2(self.layer1(x))  # (N, 4w, T'/2, H/4, W/4)
+        x = self.layer2(x)  # (N, 8w, T'/2, H/8, W/8)
+        x = self.layer3(x)  # (N, 16w, T'/2, H/16, W/16)
+        return self.layer4(x)  # (N, 32w, T'/2, H/32, W/32)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.avgpool(x).flatten(1)  # (N, 32w)
@@ -187,8 +211,9 @@ ARCHS: dict[str, Callable[..., VideoResNet]] = {"c2d": c2d, "c3d": c3d, "cost_a"
 
 
 def build_model(arch: str, *, depth: int = 50, num_classes: int = 400, **kwargs) -> VideoResNet:
-    """``arch`` in ARCHS; keyword settings: blocks, temporal, width, pool1_t, pool2, dropout,
-    cost_shared, cost_impl (train/models/cost.py: auto, views, stacked, fold, composed), frozen_bn."""
+    """``arch`` in ARCHS; keyword settings: blocks, temporal, width, conv1_t, conv1_stride_t, pool1_t,
+    pool1_stride_t, pool2, dropout, cost_shared, cost_impl (train/models/cost.py: auto, views, stacked,
+    fold, composed), frozen_bn."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     return ARCHS[arch](depth=depth, num_classes=num_classes, **kwargs)

@@ -5,7 +5,7 @@ from torch import nn
 
 from train.models import build_model, complexity
 
-SMALL = dict(num_classes=5, blocks=(1, 1, 1, 1), width=8, pool1_t=1, pool2=False)
+SMALL = dict(num_classes=5, blocks=(1, 1, 1, 1), width=8, pool1_t=1, pool2="none")
 
 
 def test_one_convolution_is_counted_exactly():

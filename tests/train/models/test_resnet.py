@@ -93,8 +93,49 @@ def test_tiny_model_is_fast_and_follows_the_model_api(arch):
 
 def test_pool_settings():
     x = torch.randn(1, 3, 8, 32, 32)
-    assert build_model("c2d", num_classes=2, pool2=False, **TINY).forward_features(x).shape[2] == 8
+    assert build_model("c2d", num_classes=2, pool2="none", **TINY).forward_features(x).shape[2] == 8
     assert build_model("c2d", num_classes=2, pool1_t=1, **TINY).maxpool.kernel_size == (1, 3, 3)
+    # Table 1's padded 3x1x1 pool2 and the authors' 2x1x1 both halve T; only the padded one takes odd T.
+    for pool2, t_in, t_out in (("2x1x1", 8, 4), ("3x1x1", 8, 4), ("2x1x1", 7, 3), ("3x1x1", 7, 4)):
+        model = build_model("c2d", num_classes=2, pool2=pool2, **TINY)
+        assert model.forward_features(torch.randn(1, 3, t_in, 32, 32)).shape[2] == t_out, pool2
+    with pytest.raises(ValueError, match="pool2"):
+        build_model("c2d", num_classes=2, pool2="4x1x1", **TINY)
+    with pytest.raises(ValueError, match="conv1_t must be odd"):
+        build_model("c2d", num_classes=2, conv1_t=4, **TINY)
+
+
+def frames_entering(model, x) -> dict[str, int]:
+    """T of the input of each stage, from forward pre-hooks."""
+    seen = {}
+
+    def record(name):
+        def hook(module, args):
+            seen[name] = args[0].shape[2]
+        return hook
+
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        getattr(model, name).register_forward_pre_hook(record(name))
+    model(x)
+    return seen
+
+
+def test_the_authors_32_frame_stem_gives_res3_four_frames_like_the_8_frame_model():
+    authors_32 = dict(conv1_t=5, conv1_stride_t=2, pool1_t=2, pool1_stride_t=2)
+    model = build_model("cost_b", num_classes=2, **authors_32, **TINY)
+    assert model.conv1.kernel_size == (5, 7, 7) and model.conv1.stride == (2, 2, 2)
+    assert model.maxpool.kernel_size == (2, 3, 3) and model.maxpool.stride == (2, 2, 2)
+    assert frames_entering(model, torch.randn(1, 3, 32, 32, 32)) == dict(layer1=8, layer2=4, layer3=4, layer4=4)
+    assert frames_entering(build_model("cost_b", num_classes=2, **TINY), torch.randn(1, 3, 8, 32, 32)) == \
+        dict(layer1=8, layer2=4, layer3=4, layer4=4)
+    # Without that stem, 32 frames keep T=16 from res3 on: about 4x the arithmetic (ResNet-50, 224x224).
+    from train.models import complexity
+
+    def gflops(frames, **kw):
+        return complexity(lambda: build_model("cost_b", depth=50, num_classes=400, **kw), (3, frames, 224, 224))[1]
+
+    eight = gflops(8)
+    assert gflops(32, **authors_32) < 1.5 * eight < 3.5 * eight < gflops(32)
 
 
 def test_frozen_batchnorm_keeps_statistics_and_stays_frozen():
