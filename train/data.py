@@ -39,7 +39,7 @@ EVAL_COLUMNS = ["video_id", "label", "phase", "num_phases", "height", "width", "
 
 def clip_rng(seed: int, epoch: int, video_id: str, round_: int, resumed_at: int = 0) -> np.random.Generator:
     """``resumed_at``: the step an epoch resumed from, so the rest of a resumed epoch draws anew."""
-    return np.random.default_rng([seed, epoch, resumed_at, zlib.crc32(video_id.encode()), round_])
+    return np.random.default_rng([seed, epoch, resumed_at, video_key(video_id), round_])
 
 
 def cut_clip(jpegs: list[bytes], entries: np.ndarray, height: int, width: int, rng: np.random.Generator,

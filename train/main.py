@@ -84,13 +84,13 @@ def default_name(cfg: TrainConfig, store: Store) -> str:
     return f"{store.manifest['dataset']}-{m.arch}-{size}-{cfg.data.frames}f-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def schedule(cfg: TrainConfig, store: Store, steps_per_epoch: int) -> str:
+def schedule(cfg: TrainConfig, store: Store, clips: int, steps_per_epoch: int) -> str:
     """What the run will do, in the units the paper and the authors' code count: clips and iterations."""
     d, t = cfg.data, cfg.trainer
     videos, batch = store.manifest["splits"][d.train_split]["videos"], t.batch_size * t.num_workers
     steps = steps_per_epoch * t.epochs
     drops = ", ".join(f"{int(m * steps):,}" for m in cfg.optim.milestones)
-    return (f"{videos:,} videos x {d.clips_per_video} clip(s) = {videos * d.clips_per_video:,} clips per epoch; "
+    return (f"{videos:,} videos x {d.clips_per_video} clip(s) = {clips:,} clips per epoch; "
             f"{t.epochs} epochs = {steps * batch:,} clips in {steps:,} iterations of {batch} clips "
             f"({t.num_workers} workers x {t.batch_size}); lr drops at iterations {drops or 'none'}")
 
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"[train] run {name!r} ({'resuming' if resumed else 'new'}), MLflow {uri} run {run_id}", flush=True)
     if not args.eval_only:
-        print(f"[train] {schedule(cfg, store, steps_per_epoch)}", flush=True)
+        print(f"[train] {schedule(cfg, store, clips, steps_per_epoch)}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `ray job stop`: end the MLflow run as KILLED
     status = "FAILED"
     try:

@@ -7,9 +7,11 @@ from typing import get_args, get_type_hints
 
 import pytest
 
+from train.augment import PROTOCOLS
 from train.config import ConfigError, from_dict, load_config
 from train.models import IMPLS
 from train.settings import (
+    DataConfig,
     ModelConfig,
     TrainConfig,
     absolute_paths,
@@ -102,3 +104,4 @@ def test_local_paths_become_absolute_and_urls_stay(tmp_path, monkeypatch):
 
 def test_the_config_offers_every_cost_formulation():
     assert get_args(get_type_hints(ModelConfig)["cost_impl"]) == IMPLS
+    assert get_args(get_type_hints(DataConfig)["test_protocol"]) == PROTOCOLS  # the views eval_views makes
