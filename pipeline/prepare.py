@@ -88,6 +88,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     syn.add_argument("--classes", type=int, default=4)
     syn.add_argument("--videos-per-class", type=int, default=20)
     syn.add_argument("--synthetic-frames", type=int, default=32)
+    syn.add_argument("--val-videos-per-class", type=int, default=None, help="default: a quarter, at least 2")
+    syn.add_argument("--object-size", type=float, default=None,
+                     help="motion: the object's extent / the frame's short side (default 0.24-0.36)")
+    syn.add_argument("--speed", type=float, default=None,
+                     help="motion, 2 or 4 classes: px per frame, wrapping at the edges (default: one crossing)")
     syn.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     problems = []
@@ -268,9 +273,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if dataset == "synthetic":
         from pipeline.synthetic import SyntheticSpec, generate
 
+        val = args.val_videos_per_class
         spec = SyntheticSpec(kind=args.synthetic_kind, classes=args.classes, videos_per_class=args.videos_per_class,
-                             val_videos_per_class=max(2, args.videos_per_class // 4),
-                             frames=args.synthetic_frames, seed=args.seed)
+                             val_videos_per_class=max(2, args.videos_per_class // 4) if val is None else val,
+                             frames=args.synthetic_frames, seed=args.seed, object_size=args.object_size,
+                             speed=args.speed)
+        try:
+            spec.validate()
+        except ValueError as e:
+            raise SystemExit(f"prepare: {e}") from None
         print(f"[prepare] writing the synthetic '{spec.kind}' dataset to {args.root}", flush=True)
         generate(spec, args.root)
         dataset = "kinetics"

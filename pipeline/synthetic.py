@@ -76,6 +76,8 @@ class SyntheticSpec:
     broken: bool = False
     splits: tuple[str, ...] = SPLITS
     intra_only: bool = True  # every frame a keyframe; False: the encoder's usual long GOP, as in the wild
+    object_size: float | None = None  # motion: the object's extent / the frame's short side (default 0.24-0.36)
+    speed: float | None = None  # motion, 2 or 4 classes: px per frame, wrapping (default: one 45-75% crossing)
 
     def validate(self) -> None:
         if self.kind not in ("motion", "appearance"):
@@ -94,6 +96,15 @@ class SyntheticSpec:
             raise ValueError(f"--frames must be >= 2 and --fps >= 1, got {self.frames}, {self.fps}")
         if self.videos_per_class < 1 or self.val_videos_per_class < 0:
             raise ValueError("--videos-per-class must be >= 1 and --val-videos-per-class >= 0")
+        if (self.object_size is not None or self.speed is not None) and self.kind != "motion":
+            raise ValueError("--object-size and --speed apply to --kind motion only")
+        if self.object_size is not None and not 0.02 <= self.object_size <= 0.5:
+            raise ValueError(f"--object-size is a fraction of the frame's short side, in 0.02..0.5; got "
+                             f"{self.object_size}")
+        if self.speed is not None and (self.speed <= 0 or self.classes > 4):
+            raise ValueError(f"--speed (px per frame, > 0, got {self.speed}) sets how fast the moving left/right/up/"
+                             f"down objects go; rotation and scaling pairs have none: --classes must be 2 or 4, "
+                             f"got {self.classes}")
         unknown = set(self.splits) - {"train", "val", "test"}
         if unknown:
             raise ValueError(f"--splits may hold train, val, test; got {sorted(unknown)}")
@@ -160,14 +171,15 @@ class _Track:
     radius: np.ndarray
 
 
-def _motion_track(motion: str, rng: np.random.Generator, h: int, w: int, n: int) -> _Track:
+def _motion_track(motion: str, rng: np.random.Generator, h: int, w: int, n: int, *,
+                  size: float | None = None, speed: float | None = None) -> _Track:
     t = np.linspace(0.0, 1.0, n)
     short = min(h, w)
-    radius = rng.uniform(0.12, 0.18) * short
+    radius = rng.uniform(0.12, 0.18) * short if size is None else size * short / 2  # shapes span [-1, 1]
     angle0 = rng.uniform(0, 2 * np.pi)
     const = np.ones(n)
     if motion == "grow":
-        r0 = rng.uniform(0.07, 0.10) * short
+        r0 = rng.uniform(0.07, 0.10) * short if size is None else 0.6 * radius
         r1 = r0 * rng.uniform(2.0, 2.6)
         cx, cy = rng.uniform(r1, w - r1), rng.uniform(r1, h - r1)
         return _Track(cx * const, cy * const, angle0 * const, r0 + (r1 - r0) * t)
@@ -177,6 +189,15 @@ def _motion_track(motion: str, rng: np.random.Generator, h: int, w: int, n: int)
         # Image y points down, so a growing angle turns clockwise on screen.
         return _Track(cx * const, cy * const, angle0 + turn * t, radius * const)
     dx, dy = {"right": (1, 0), "down": (0, 1), "down_right": (1, 1), "down_left": (-1, 1)}[motion]
+    if speed is not None:
+        # The centre runs on a loop one object longer than the frame: it leaves whole and re-enters
+        # at the opposite edge, so any speed fits any video length.
+        def axis(d: int, extent: int) -> np.ndarray:
+            loop = extent + 2 * radius
+            if not d:
+                return np.full(n, rng.uniform(radius, extent - radius))
+            return (rng.uniform(0, loop) + d * speed * np.arange(n)) % loop - radius
+        return _Track(axis(dx, w), axis(dy, h), angle0 * const, radius * const)
     span_x, span_y = w - 2 * radius, h - 2 * radius
     dist = rng.uniform(0.45, 0.75)
     travel_x, travel_y = dist * span_x * abs(dx), dist * span_y * abs(dy)
@@ -210,9 +231,10 @@ def render(track: _Track, shape: str, colour: Sequence[float], background: np.nd
     return frames
 
 
-def motion_video(pair: int, reverse: bool, rng: np.random.Generator, h: int, w: int, n: int) -> np.ndarray:
+def motion_video(pair: int, reverse: bool, rng: np.random.Generator, h: int, w: int, n: int, *,
+                 size: float | None = None, speed: float | None = None) -> np.ndarray:
     """One ``motion`` video. The twin class is the same draw with its frames reversed."""
-    track = _motion_track(MOTION_PAIRS[pair][0], rng, h, w, n)
+    track = _motion_track(MOTION_PAIRS[pair][0], rng, h, w, n, size=size, speed=speed)
     shape = MOTION_SHAPES[rng.integers(len(MOTION_SHAPES))]
     colour = list(COLOURS.values())[rng.integers(len(COLOURS))]
     frames = render(track, shape, colour, _background(rng, h, w))
@@ -317,7 +339,8 @@ def generate(spec: SyntheticSpec, out: str | os.PathLike,
             _write_broken(rec.broken, path, spec, rng)
         else:
             if spec.kind == "motion":
-                frames = motion_video(c // 2, bool(c % 2), rng, spec.height, spec.width, spec.frames)
+                frames = motion_video(c // 2, bool(c % 2), rng, spec.height, spec.width, spec.frames,
+                                      size=spec.object_size, speed=spec.speed)
             else:
                 frames = appearance_video(rec.label, rng, spec.height, spec.width, spec.frames)
             write_video(path, frames, spec.fps, intra_only=spec.intra_only)
@@ -353,6 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fps", type=int, default=16)
     p.add_argument("--frames", type=int, default=32, help="frames per video")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--object-size", type=float, default=None,
+                   help="motion: the object's extent as a fraction of the frame's short side (default 0.24-0.36)")
+    p.add_argument("--speed", type=float, default=None,
+                   help="motion, 2 or 4 classes: px per frame; objects wrap at the edges (default: they cross "
+                        "45-75%% of the frame once)")
     p.add_argument("--splits", default="train,val")
     p.add_argument("--broken", action="store_true",
                    help="also write broken files (missing, zero bytes, truncated, not a video, no frames)")
@@ -365,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = SyntheticSpec(kind=args.kind, classes=args.classes, videos_per_class=args.videos_per_class,
                          val_videos_per_class=max(2, args.videos_per_class // 4) if val is None else val,
                          height=h, width=w, fps=args.fps, frames=args.frames, seed=args.seed,
+                         object_size=args.object_size, speed=args.speed,
                          broken=args.broken, splits=tuple(s for s in args.splits.split(",") if s))
     try:
         spec.validate()

@@ -4,6 +4,7 @@
   sets ``RAY_ADDRESS`` so entry points called in-process join it.
 * ``mlflow_server`` - ``mlflow server`` on a SQLite store with served artifacts.
 * ``s3_server`` - ``moto_server`` with a bucket; fake credentials are set for the whole session.
+* ``bench_script`` - loads a benchmark script of bench/ by name (they are scripts, not a package).
 
 Each is started only when a test asks for it. ``@pytest.mark.gpu`` tests are skipped where
 torch sees no CUDA device.
@@ -11,12 +12,15 @@ torch sees no CUDA device.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -45,6 +49,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@functools.cache
+def _load_bench(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    return _load_bench
 
 
 @dataclass

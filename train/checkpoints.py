@@ -79,7 +79,8 @@ def read_weights(url: str, storage_options: dict | None = None) -> dict:
 def make_model(cfg: ModelConfig, num_classes: int) -> VideoResNet:
     return build_model(cfg.arch, depth=cfg.depth, num_classes=num_classes, blocks=cfg.blocks, width=cfg.width,
                        conv1_t=cfg.conv1_t, conv1_stride_t=cfg.conv1_stride_t, pool1_t=cfg.pool1_t,
-                       pool1_stride_t=cfg.pool1_stride_t, pool2=cfg.pool2, dropout=cfg.dropout,
+                       pool1_stride_t=cfg.pool1_stride_t, conv1_stride_s=cfg.conv1_stride_s,
+                       pool1_stride_s=cfg.pool1_stride_s, pool2=cfg.pool2, dropout=cfg.dropout,
                        cost_shared=cfg.cost_shared, cost_impl=cfg.cost_impl, frozen_bn=cfg.frozen_bn)
 
 

@@ -185,6 +185,13 @@ def test_rerun_is_a_noop_and_other_settings_are_refused(kinetics, tmp_path, ray_
         prepare(["--dataset", "kinetics", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
 
 
+def test_bad_synthetic_options_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(SystemExit, match="prepare: --speed.*--classes must be 2 or 4"):
+        prepare(["--dataset", "synthetic", "--classes", "6", "--speed", "1", "--root", str(tmp_path / "src"),
+                 "--out", str(tmp_path / "store")])
+    assert not any(tmp_path.iterdir())
+
+
 def test_killed_run_resumes_to_the_same_rows(kinetics, tmp_path, ray_cluster):
     base = ["--dataset", "kinetics", "--root", str(kinetics), "--videos-per-shard", "1", "--workers", "1"]
     prepare(base + ["--out", str(tmp_path / "whole")])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.synthetic import BROKEN_KINDS, SyntheticSpec, generate, main, motion_video
+from pipeline.synthetic import BROKEN_KINDS, SyntheticSpec, _motion_track, generate, main, motion_video, render
 
 decord = pytest.importorskip("decord")
 
@@ -137,3 +137,43 @@ def test_bad_options_are_refused(capsys):
     assert "even" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--out", "x", "--size", "31x48"])
+    for args, words in ((["--kind", "appearance", "--speed", "1"], "motion only"),
+                        (["--classes", "6", "--speed", "1"], "--classes must be 2 or 4"),
+                        (["--object-size", "0.9"], "0.02..0.5")):
+        with pytest.raises(SystemExit):
+            main(["--out", "x", *args])
+        assert words in capsys.readouterr().err
+
+
+def object_boxes(frames: np.ndarray) -> dict[int, tuple[float, float, int]]:
+    """Frame index -> (centre x, centre y, width) of the drawn pixels over a black background, for
+    the frames where the object is in sight and not cut by an edge."""
+    boxes = {}
+    for t, frame in enumerate(frames):
+        ys, xs = np.nonzero(frame.max(-1))
+        h, w = frame.shape[:2]
+        if len(xs) and xs.min() > 0 and ys.min() > 0 and xs.max() < w - 1 and ys.max() < h - 1:
+            boxes[t] = ((xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2, xs.max() - xs.min() + 1)
+    return boxes
+
+
+@pytest.mark.parametrize("size, speed, direction", [(0.125, 0.5, "right"), (0.25, 2.0, "right"),
+                                                    (0.2, 1.25, "down")])
+def test_object_size_and_speed_are_what_was_asked(size, speed, direction):
+    """A square (its side 1.6 radii) of the asked size moves the asked px per frame; past an edge it leaves
+    whole and re-enters at the opposite one, so 40 frames at 2 px/frame fit a 64x80 frame."""
+    h, w, n = 64, 80, 40
+    axis, other = (0, 1) if direction == "right" else (1, 0)
+    steps, wraps = [], 0
+    for seed in range(5):
+        track = _motion_track(direction, np.random.default_rng(seed), h, w, n, size=size, speed=speed)
+        track.angle[:] = 0  # upright, so that the box's width is the square's side
+        boxes = object_boxes(render(track, "square", (255, 255, 255), np.zeros((h, w, 3), np.float32)))
+        assert all(abs(b[2] - 0.8 * size * h) <= 1 for b in boxes.values())
+        assert len({b[other] for b in boxes.values()}) == 1  # no drift across the motion
+        steps += [boxes[t + 1][axis] - boxes[t][axis] for t in boxes if t + 1 in boxes]
+        wraps += int(np.any(np.diff([track.x, track.y][axis]) < 0))
+    assert len(steps) >= 2 * n and abs(np.mean(steps) - speed) < 0.05 * speed
+    loop = (w, h)[axis] + size * h
+    if speed * (n - 1) > loop:
+        assert wraps == 5  # it could not have stayed in the frame

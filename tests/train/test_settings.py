@@ -51,7 +51,8 @@ def test_config_loads_and_checks(path):
 @pytest.mark.parametrize("override", ["data.frames=0", "data.train_short_side=[300, 200]",
                                       "data.eval_short_side=100", "optim.milestones=[1.5]",
                                       "model.cost_impl=composed", "data.clips_per_video=0", "model.conv1_t=4",
-                                      "data.test_protocol=ten_crop", "model.pool2=4x1x1"])
+                                      "data.test_protocol=ten_crop", "model.pool2=4x1x1",
+                                      "model.pool1_stride_s=3"])
 def test_value_checks_name_the_key(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"'{key}'"):

@@ -78,32 +78,35 @@ def temporal_pool2(kind: str) -> nn.Module:
 
 
 class VideoResNet(nn.Module):
-    """conv1 (conv1_t)x7x7 /(conv1_stride_t,2,2) - pool1 max (pool1_t)x3x3 /(pool1_stride_t,2,2) -
+    """conv1 (conv1_t)x7x7 /(conv1_stride_t,s,s) - pool1 max (pool1_t)x3x3 /(pool1_stride_t,s,s) -
     res2 - pool2 (temporal, /2) - res3 - res4 - res5 - global average pool - dropout - fc.
 
     The defaults are the authors' published 8-frame trunk (conv1 1x7x7, pool1 1x3x3, pool2 2x1x1);
     their 32-frame models use conv1_t=5, conv1_stride_t=2, pool1_t=2, pool1_stride_t=2, so that
-    res3-res5 see T/8. The paper's Table 1 writes pool1 3x3x3 (pool1_t=3) and pool2 3x1x1."""
+    res3-res5 see T/8. The paper's Table 1 writes pool1 3x3x3 (pool1_t=3) and pool2 3x1x1. The
+    spatial strides s (conv1_stride_s, pool1_stride_s) are 2; 1 suits inputs of a few dozen pixels."""
 
     def __init__(self, *, unit: Unit, num_classes: int, blocks: Sequence[int],
                  temporal: Sequence[Sequence[int]], width: int = 64, conv1_t: int = 1, conv1_stride_t: int = 1,
-                 pool1_t: int = 1, pool1_stride_t: int = 1, pool2: Pool2 = "2x1x1", dropout: float = 0.5,
+                 pool1_t: int = 1, pool1_stride_t: int = 1, conv1_stride_s: int = 2, pool1_stride_s: int = 2,
+                 pool2: Pool2 = "2x1x1", dropout: float = 0.5,
                  cost_shared: bool = True, cost_impl: str = "auto", frozen_bn: bool = False) -> None:
         super().__init__()
         if len(blocks) != 4 or [len(s) for s in temporal] != list(blocks):
             raise ValueError(f"temporal table {tuple(map(tuple, temporal))} does not match blocks "
                              f"{tuple(blocks)}: one 0/1 per residual unit, per stage")
-        if conv1_t < 1 or conv1_t % 2 == 0 or pool1_t not in (1, 2, 3) or {conv1_stride_t, pool1_stride_t} - {1, 2}:
-            raise ValueError(f"conv1_t must be odd, pool1_t 1, 2 or 3 and the temporal strides 1 or 2; got "
-                             f"conv1_t={conv1_t} conv1_stride_t={conv1_stride_t} pool1_t={pool1_t} "
-                             f"pool1_stride_t={pool1_stride_t}")
+        strides = (conv1_stride_t, pool1_stride_t, conv1_stride_s, pool1_stride_s)
+        if conv1_t < 1 or conv1_t % 2 == 0 or pool1_t not in (1, 2, 3) or set(strides) - {1, 2}:
+            raise ValueError(f"conv1_t must be odd, pool1_t 1, 2 or 3 and the stem's strides 1 or 2; got "
+                             f"conv1_t={conv1_t} pool1_t={pool1_t} strides (conv1 t, pool1 t, conv1 s, pool1 s) "
+                             f"{strides}")
         self.unit, self.temporal = unit, tuple(tuple(s) for s in temporal)
-        self.conv1 = nn.Conv3d(3, width, (conv1_t, 7, 7), stride=(conv1_stride_t, 2, 2),
+        self.conv1 = nn.Conv3d(3, width, (conv1_t, 7, 7), stride=(conv1_stride_t, conv1_stride_s, conv1_stride_s),
                                padding=(conv1_t // 2, 3, 3), bias=False)
         self.bn1 = nn.BatchNorm3d(width)
         self.relu = nn.ReLU(inplace=True)
         # An odd temporal kernel is padded to keep T; the authors' 2x3x3 pool (with stride 2) is not.
-        self.maxpool = nn.MaxPool3d((pool1_t, 3, 3), stride=(pool1_stride_t, 2, 2),
+        self.maxpool = nn.MaxPool3d((pool1_t, 3, 3), stride=(pool1_stride_t, pool1_stride_s, pool1_stride_s),
                                     padding=(pool1_t // 2 if pool1_t % 2 else 0, 1, 1))
         self.pool2 = temporal_pool2(pool2)
         in_channels = width
@@ -137,7 +140,8 @@ class VideoResNet(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, T, H, W)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, T', H/4, W/4); T' = T, or T/4 (32-frame stem)
+        # Sizes with the default spatial strides; T' = T, or T/4 with the 32-frame stem.
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, w, T', H/4, W/4)
         x = self.pool2(self.layer1(x))  # (N, 4w, T'/2, H/4, W/4)
         x = self.layer2(x)  # (N, 8w, T'/2, H/8, W/8)
         x = self.layer3(x)  # (N, 16w, T'/2, H/16, W/16)

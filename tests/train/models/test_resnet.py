@@ -105,6 +105,17 @@ def test_pool_settings():
         build_model("c2d", num_classes=2, conv1_t=4, **TINY)
 
 
+@pytest.mark.parametrize("conv1_s, pool1_s, res2_side", [(2, 2, 8), (1, 2, 16), (2, 1, 16), (1, 1, 32)])
+def test_stem_spatial_strides_set_the_resolution_res2_sees(conv1_s, pool1_s, res2_side):
+    model = build_model("c3d", num_classes=2, conv1_stride_s=conv1_s, pool1_stride_s=pool1_s, **TINY)
+    seen = {}
+    model.layer1.register_forward_pre_hook(lambda module, args: seen.update(shape=args[0].shape[-2:]))
+    assert model(torch.randn(1, 3, 8, 32, 32)).shape == (1, 2)
+    assert tuple(seen["shape"]) == (res2_side, res2_side)
+    with pytest.raises(ValueError, match="strides"):
+        build_model("c2d", num_classes=2, conv1_stride_s=4, **TINY)
+
+
 def frames_entering(model, x) -> dict[str, int]:
     """T of the input of each stage, from forward pre-hooks."""
     seen = {}
