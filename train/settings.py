@@ -58,7 +58,7 @@ class ModelConfig:
     pool1_t: Literal[1, 2, 3] = 1
     pool1_stride_t: Literal[1, 2] = 1
     # Spatial strides of conv1 and pool1 (2 and 2: the paper's H/4 at res2). 1 keeps detail in small
-    # inputs, where objects and their steps between frames are a few pixels (configs/tiny_synthetic.yaml).
+    # inputs, where objects and their steps between frames are a few pixels (bench/RESULTS.md, motion grid).
     conv1_stride_s: Literal[1, 2] = 2
     pool1_stride_s: Literal[1, 2] = 2
     pool2: Literal["2x1x1", "3x1x1", "none"] = "2x1x1"  # the temporal pool after res2
