@@ -44,7 +44,7 @@ from train.checkpoints import make_model  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.data import clips_per_epoch, epoch_plan, shard_clips, shard_videos  # noqa: E402
 from train.evaluate import video_probs  # noqa: E402
-from train.loop import lr_factor  # noqa: E402
+from train.loop import optimizer  # noqa: E402
 from train.settings import TrainConfig  # noqa: E402
 
 ARCHS = ("c2d", "c3d", "cost_a", "cost_b")
@@ -116,11 +116,8 @@ def fit(store_url: str, arch: str, *, seed: int = 1, overrides: tuple[str, ...] 
     store, d, o = Store(store_url), cfg.data, cfg.optim
     model = make_model(cfg.model, len(store.classes))
     batch = cfg.trainer.batch_size * cfg.trainer.num_workers
-    opt = torch.optim.SGD(model.parameters(), lr=o.lr * batch / o.lr_batch, momentum=o.momentum,
-                          weight_decay=o.weight_decay)
-    per_epoch = clips_per_epoch(store, "train", d.clips_per_video) // batch
-    total, warmup = cfg.trainer.epochs * per_epoch, int(o.warmup_epochs * per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, o.milestones, o.gamma))
+    steps_per_epoch = clips_per_epoch(store, "train", d.clips_per_video) // batch
+    opt, sched = optimizer(model, cfg, cfg.trainer.num_workers, steps_per_epoch)
     phases = store.manifest["params"]["num_phases"]
     for epoch in range(cfg.trainer.epochs):
         cut = [b for task in epoch_plan(store, d, seed=seed, epoch=epoch)

@@ -271,11 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out.rstrip("/")
     dataset = args.dataset
     if dataset == "synthetic":
-        from pipeline.synthetic import SyntheticSpec, generate
+        from pipeline.synthetic import SyntheticSpec, generate, val_count
 
-        val = args.val_videos_per_class
         spec = SyntheticSpec(kind=args.synthetic_kind, classes=args.classes, videos_per_class=args.videos_per_class,
-                             val_videos_per_class=max(2, args.videos_per_class // 4) if val is None else val,
+                             val_videos_per_class=val_count(args.videos_per_class, args.val_videos_per_class),
                              frames=args.synthetic_frames, seed=args.seed, object_size=args.object_size,
                              speed=args.speed)
         try:

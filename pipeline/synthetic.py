@@ -110,6 +110,11 @@ class SyntheticSpec:
             raise ValueError(f"--splits may hold train, val, test; got {sorted(unknown)}")
 
 
+def val_count(videos_per_class: int, val_videos_per_class: int | None) -> int:
+    """Validation videos per class: as asked, else a quarter of the training ones (at least 2)."""
+    return max(2, videos_per_class // 4) if val_videos_per_class is None else val_videos_per_class
+
+
 def class_names(kind: str, classes: int) -> list[str]:
     """Class names in generation order; motion twins are adjacent (2k, 2k+1)."""
     if kind == "motion":
@@ -389,9 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         h, w = (int(x) for x in args.size.lower().split("x"))
     except ValueError:
         p.error(f"--size must look like 64x80, got {args.size!r}")
-    val = args.val_videos_per_class
     spec = SyntheticSpec(kind=args.kind, classes=args.classes, videos_per_class=args.videos_per_class,
-                         val_videos_per_class=max(2, args.videos_per_class // 4) if val is None else val,
+                         val_videos_per_class=val_count(args.videos_per_class, args.val_videos_per_class),
                          height=h, width=w, fps=args.fps, frames=args.frames, seed=args.seed,
                          object_size=args.object_size, speed=args.speed,
                          broken=args.broken, splits=tuple(s for s in args.splits.split(",") if s))

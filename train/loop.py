@@ -119,6 +119,18 @@ def lr_factor(step: int, total: int, warmup: int, milestones: tuple[float, ...],
     return factor
 
 
+def optimizer(model: nn.Module, cfg: TrainConfig, world: int, steps_per_epoch: int
+              ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD at ``optim.lr`` scaled to the global batch (batch_size x world), with ``lr_factor``'s schedule."""
+    o, t = cfg.optim, cfg.trainer
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=o.lr * t.batch_size * world / o.lr_batch, momentum=o.momentum,
+                          weight_decay=o.weight_decay)
+    total, warmup = steps_per_epoch * t.epochs, int(o.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, o.milestones, o.gamma))
+    return opt, sched
+
+
 def build(w: Worker, state: dict | None) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer,
                                                    torch.optim.lr_scheduler.LRScheduler]:
     """(model, the network to train: DDP-wrapped and maybe compiled, optimizer, scheduler)."""
@@ -136,13 +148,7 @@ def build(w: Worker, state: dict | None) -> tuple[nn.Module, nn.Module, torch.op
     net = ray.train.torch.prepare_model(model)
     if cfg.trainer.compile:
         net = torch.compile(net)
-    o, t = cfg.optim, cfg.trainer
-    lr = o.lr * t.batch_size * w.world / o.lr_batch
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    total = w.ctx["steps_per_epoch"] * t.epochs
-    warmup = int(o.warmup_epochs * w.ctx["steps_per_epoch"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, o.milestones, o.gamma))
+    opt, sched = optimizer(model, cfg, w.world, w.ctx["steps_per_epoch"])
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
