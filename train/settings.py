@@ -188,6 +188,23 @@ def check_values(cfg: TrainConfig) -> None:
                           f"{cfg.model.arch!r}; use auto, views, stacked or fold")
     if d.shuffle_buffer < 0 or t.max_failures < -1:
         raise ConfigError("config key 'data.shuffle_buffer' must be >= 0 and 'trainer.max_failures' >= -1")
+    m = cfg.model
+    ranges = {  # key: (value, holds, the range in words)
+        "optim.lr": (o.lr, o.lr > 0, "> 0"),
+        "optim.momentum": (o.momentum, 0 <= o.momentum < 1, "in [0, 1)"),
+        "optim.weight_decay": (o.weight_decay, o.weight_decay >= 0, ">= 0"),
+        "optim.gamma": (o.gamma, 0 < o.gamma <= 1, "in (0, 1]"),
+        "optim.warmup_epochs": (o.warmup_epochs, 0 <= o.warmup_epochs < t.epochs, "in [0, trainer.epochs)"),
+        "optim.clip_grad": (o.clip_grad, o.clip_grad is None or o.clip_grad > 0, "> 0, or null for none"),
+        "model.dropout": (m.dropout, 0 <= m.dropout < 1, "in [0, 1)"),
+        "model.width": (m.width, m.width >= 1, ">= 1"),
+        "model.blocks": (m.blocks, m.blocks is None or (len(m.blocks) == 4 and min(m.blocks) >= 1),
+                         "four stages of >= 1 units each, or null for model.depth's"),
+        "data.std": (d.std, min(d.std) > 0, "> 0 in every channel"),
+    }
+    for key, (value, holds, words) in ranges.items():
+        if not holds:
+            raise ConfigError(f"config key '{key}' must be {words}, got {value}")
 
 
 def check_against_store(cfg: TrainConfig, store) -> None:  # store: pipeline.store.Store

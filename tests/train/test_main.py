@@ -139,6 +139,10 @@ def test_a_killed_worker_is_recovered_from_the_checkpoint(store, mlflow_server, 
     ("trainer.batch_size=100000", "trainer.batch_size"),
     ("optim.milestones=[0.8, 0.2]", "optim.milestones"),
     ("model.pretrained=/nonexistent/resnet50.pth", "model.pretrained"),
+    ("optim.lr=-1", "optim.lr"),
+    ("data.crop=0", "data.crop"),
+    ("trainer.epochs=0", "trainer.epochs"),
+    ("data.frames=0", "data.frames"),
 ])
 def test_bad_config_fails_before_ray_starts(store, mlflow_server, tmp_path, monkeypatch, capsys, override, key):
     def no_ray(*a, **k):
@@ -150,6 +154,14 @@ def test_bad_config_fails_before_ray_starts(store, mlflow_server, tmp_path, monk
         extra += ["data.train_short_side=[512, 600]", "data.eval_short_side=512"]
     assert main(args(store, mlflow_server, tmp_path, *extra)) == 2
     assert f"'{key}'" in capsys.readouterr().err
+
+
+def test_a_config_without_its_data_section_fails_before_ray_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train.main, "connect_ray", lambda *a, **k: pytest.fail("Ray was started for a bad config"))
+    config = tmp_path / "no_data.yaml"
+    config.write_text("model:\n  arch: c3d\n")
+    assert main(["--config", str(config)]) == 2
+    assert "'data'" in capsys.readouterr().err
 
 
 def test_a_crashing_run_is_marked_failed(store, mlflow_server, tmp_path):
