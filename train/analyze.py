@@ -4,10 +4,10 @@ Per CoST layer, the mean coefficient of the H-W (spatial), T-W and T-H (temporal
 the temporal share (T-W + T-H, averaged over layers), ranked. CoST(a)'s coefficients are
 parameters; CoST(b)'s are predicted per sample and averaged here over the samples seen.
 
-    stats = ViewStats(model, num_classes)
-    for clips, labels in batches:
-        model(clips); stats.update(labels)      # after each forward pass
-    write_analysis(stats, classes, "out/")      # CSVs and PNGs
+    with ViewStats(model, num_classes) as stats:  # train/models/views.py
+        for clips, labels in batches:
+            model(clips); stats.update(labels)    # after each forward pass
+    write_analysis(stats, classes, "out/")        # CSVs and PNGs
 
 Training runs of CoST models collect these during the final test protocol and log them to MLflow
 under ``analysis/``. For a finished run, again (e.g. on another split), from the command line:
@@ -29,67 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-VIEWS = ("H-W", "T-W", "T-H")
-
-
-class ViewStats:
-    """Running sums of view coefficients per layer and of the temporal share per class."""
-
-    def __init__(self, model: nn.Module, num_classes: int) -> None:
-        self.layers = model.cost_layers() if hasattr(model, "cost_layers") else {}
-        self.sums = {name: np.zeros(3) for name in self.layers}
-        self.samples = 0
-        self.class_sums = np.zeros(num_classes)
-        self.class_counts = np.zeros(num_classes)
-
-    def __bool__(self) -> bool:
-        return bool(self.layers)
-
-    @torch.no_grad()
-    def update(self, labels: np.ndarray) -> None:
-        """Record the coefficients of the forward pass just run, whose samples had ``labels``."""
-        n = len(labels)
-        per_layer = []
-        for name, layer in self.layers.items():
-            alpha = layer.coefficients()  # (C, 3) or (N, C, 3)
-            shares = alpha.float().mean(-2).cpu().numpy()  # mean over channels: (3,) or (N, 3)
-            shares = np.broadcast_to(shares, (n, 3))
-            self.sums[name] += shares.sum(0)
-            per_layer.append(shares)
-        temporal = np.mean(per_layer, axis=0)[:, 1:].sum(1)  # (N,): T-W + T-H, mean over layers
-        np.add.at(self.class_sums, labels, temporal)
-        np.add.at(self.class_counts, labels, 1)
-        self.samples += n
-
-    def totals(self) -> tuple:
-        """The running sums alone (picklable, e.g. to gather them from other workers)."""
-        return self.sums, self.samples, self.class_sums, self.class_counts
-
-    def add(self, totals: tuple) -> None:
-        sums, samples, class_sums, class_counts = totals
-        for name in self.sums:
-            self.sums[name] += sums[name]
-        self.samples += samples
-        self.class_sums += class_sums
-        self.class_counts += class_counts
-
-    def layer_rows(self) -> list[dict]:
-        """Per layer (in network order) the mean H-W, T-W, T-H coefficients; last row: their mean."""
-        rows = [dict(layer=name, **dict(zip(VIEWS, s / max(self.samples, 1), strict=True)))
-                for name, s in self.sums.items()]
-        if rows:
-            rows.append(dict(layer="mean", **{v: float(np.mean([r[v] for r in rows])) for v in VIEWS}))
-        return rows
-
-    def class_rows(self, classes: list[str]) -> list[dict]:
-        """Classes seen, by temporal share, highest first."""
-        seen = self.class_counts > 0
-        share = np.divide(self.class_sums, self.class_counts, out=np.zeros_like(self.class_sums), where=seen)
-        order = sorted(np.flatnonzero(seen), key=lambda i: -share[i])
-        return [dict(label=classes[i], temporal_share=float(share[i]), samples=int(self.class_counts[i]))
-                for i in order]
+from train.models.views import VIEWS, ViewStats
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
@@ -212,12 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"analyze: {e}", file=sys.stderr)
         return 2
     clips = args.clips or cfg.data.test_clips
-    stats = ViewStats(model, len(store.classes))
-    for url in store.shard_urls(split):
-        for _, label, views in shard_videos(url, cfg.data, store.storage_options, clips=clips,
-                                            protocol=cfg.data.test_protocol):
-            video_probs(model, torch.from_numpy(views[None]).to(args.device), cfg.data)
-            stats.update(np.full(len(views), label))
+    with ViewStats(model, len(store.classes)) as stats:
+        for url in store.shard_urls(split):
+            for _, label, views in shard_videos(url, cfg.data, store.storage_options, clips=clips,
+                                                protocol=cfg.data.test_protocol):
+                video_probs(model, torch.from_numpy(views[None]).to(args.device), cfg.data)
+                stats.update(np.full(len(views), label))
     out = Path(args.out or os.path.join(HOME, "analysis", args.run))
     files = write_analysis(stats, store.classes, out)
     print(f"[analyze] {split}: {int(stats.class_counts.sum())} clips of {int((stats.class_counts > 0).sum())} "

@@ -19,9 +19,9 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.store import Store
-from train.analyze import ViewStats
 from train.augment import normalize
 from train.data import eval_dataset, split_iterator
+from train.models.views import ViewStats
 from train.settings import DataConfig, TrainConfig
 
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from pipeline.store import Store
 from train import tracking
-from train.analyze import ViewStats, write_analysis
+from train.analyze import write_analysis
 from train.augment import normalize
 from train.checkpoints import load_state, make_model, read_weights, save_state
 from train.config import from_dict
@@ -40,6 +40,7 @@ from train.data import split_iterator, train_dataset
 from train.evaluate import evaluate
 from train.models import load_2d_pretrained
 from train.models.pretrained import convert
+from train.models.views import ViewStats
 from train.settings import TrainConfig, pretrained_path, storage_options
 
 
@@ -90,9 +91,10 @@ class Worker:
         """The multi-clip test protocol; rank 0 logs the metrics and the per-video scores."""
         d = self.cfg.data
         split = d.test_split or d.val_split
-        views = ViewStats(model, len(self.store.classes))  # empty for C2D and C3D
-        scores = evaluate(model, self.store, split, self.cfg, clips=d.test_clips, protocol=d.test_protocol,
-                          rank=self.rank, world=self.world, device=self.device, autocast=self.autocast, views=views)
+        with ViewStats(model, len(self.store.classes)) as views:  # empty for C2D and C3D
+            scores = evaluate(model, self.store, split, self.cfg, clips=d.test_clips, protocol=d.test_protocol,
+                              rank=self.rank, world=self.world, device=self.device, autocast=self.autocast,
+                              views=views)
         metrics = scores.metrics("test")
         self.log(metrics, step)
         if self.rank == 0:

@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a sc
 from pipeline.decode import DecodeError, IsolatedDecoder  # noqa: E402
 from pipeline.store import Store, StoreError, endpoint_options  # noqa: E402
 from train import tracking  # noqa: E402
-from train.analyze import VIEWS, ViewStats  # noqa: E402
 from train.augment import PROTOCOLS  # noqa: E402
 from train.checkpoints import CheckpointError, load_state, model_from_state  # noqa: E402
 from train.config import ConfigError, from_dict  # noqa: E402
 from train.data import video_clips  # noqa: E402
 from train.evaluate import video_probs  # noqa: E402
+from train.models.views import VIEWS, ViewStats  # noqa: E402
 from train.settings import TrainConfig  # noqa: E402
 
 
@@ -77,11 +77,11 @@ def predict(model: torch.nn.Module, path: str, cfg: TrainConfig, params: dict, d
     d = cfg.data
     views = video_clips(rows, phases, video.height, video.width, frames=d.frames, clips=clips, protocol=protocol,
                         short_side=d.eval_short_side, crop=d.crop)
-    stats = ViewStats(model, 1)
-    probs = video_probs(model, torch.from_numpy(views[None]).to(device), d)[0].cpu().numpy()
-    if not stats:
-        return probs, None
-    stats.update(np.zeros(len(views), np.int64))
+    with ViewStats(model, 1) as stats:
+        probs = video_probs(model, torch.from_numpy(views[None]).to(device), d)[0].cpu().numpy()
+        if not stats:
+            return probs, None
+        stats.update(np.zeros(len(views), np.int64))
     mean = stats.layer_rows()[-1]
     return probs, {v: float(mean[v]) for v in VIEWS}
 

@@ -11,11 +11,12 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.prepare import main as prepare
 from pipeline.store import Store, read_table
-from train.analyze import VIEWS, ViewStats, write_analysis
 from train.analyze import main as analyze
+from train.analyze import write_analysis
 from train.checkpoints import make_model, save_state
 from train.config import load_config, to_dict
 from train.models import build_model
+from train.models.views import VIEWS, ViewStats
 from train.predict import main as predict
 from train.settings import TrainConfig
 

@@ -137,7 +137,6 @@ class CoST(nn.Module):
             self.view_fc = nn.Linear(3, 3, bias=False)
             nn.init.normal_(self.channel_fc.weight, std=0.01)
             nn.init.normal_(self.view_fc.weight, std=0.01)
-        self.last_alpha: torch.Tensor | None = None
 
     def view_weights(self) -> torch.Tensor:
         """(3, C_out, C_in, 3, 3): the kernel of each view (three references to one when shared)."""
@@ -170,15 +169,12 @@ class CoST(nn.Module):
             return mix_views(self.views(x), alpha)
         views = self.views(x)
         alpha = self.predict_alpha(views)  # (N, C_out, 3)
-        self.last_alpha = alpha.detach()
         return mix_views(views, alpha)  # (N, C_out, T, H', W')
 
     def coefficients(self) -> torch.Tensor | None:
-        """CoST(a): (C_out, 3) softmaxed parameters. CoST(b): (N, C_out, 3) of the last batch
-        (None before any forward). Columns are the H-W, T-W, T-H views."""
-        if self.mode == "a":
-            return torch.softmax(self.alpha_logits.detach(), dim=-1)
-        return self.last_alpha
+        """CoST(a): (C_out, 3) softmaxed parameters, columns the H-W, T-W, T-H views. CoST(b): None,
+        its coefficients are per sample (train/models/views.py reads them during a forward pass)."""
+        return torch.softmax(self.alpha_logits.detach(), dim=-1) if self.mode == "a" else None
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, stride={self.stride}, mode={self.mode!r}, "

@@ -164,9 +164,12 @@ def test_frozen_batchnorm_keeps_statistics_and_stays_frozen():
 
 
 def test_cost_layers_expose_view_coefficients():
+    from train.models.views import ViewStats
+
     model = build_model("cost_b", num_classes=3, **TINY)
-    model(torch.randn(2, 3, 4, 32, 32))
-    coeffs = {name: layer.coefficients() for name, layer in model.cost_layers().items()}
+    with ViewStats(model, 3) as stats:
+        model(torch.randn(2, 3, 4, 32, 32))
+    coeffs = stats.latest
     assert len(coeffs) == 4 and all(c.shape[0] == 2 and c.shape[2] == 3 for c in coeffs.values())
 
 
