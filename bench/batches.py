@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a bare checkout
-from pipeline.prepare import connect_ray  # noqa: E402
 from pipeline.prepare import main as prepare  # noqa: E402
+from pipeline.session import ray_session  # noqa: E402
 from pipeline.store import Store  # noqa: E402
 from pipeline.synthetic import write_video  # noqa: E402
 from train.data import epoch_plan, shard_clips, train_dataset  # noqa: E402
@@ -106,16 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     write_source(work / "src", args.classes, args.videos, (h, w), args.seed)
     import ray
 
-    started = connect_ray(None, args.cpus)  # joins RAY_ADDRESS or a running cluster, else a local one
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    cores = min(int(ray.cluster_resources()["CPU"]), os.cpu_count() or 1)
-    prepare(["--dataset", "folder", "--root", str(work / "src"), "--out", str(work / "store"), "--overwrite"])
-    store = Store(str(work / "store"))
-    cfg = DataConfig(store=store.url, train_short_side=(args.crop, args.crop * 5 // 4), crop=args.crop,
-                     eval_short_side=args.crop)
-    videos, classes, rate = batch_makeup(store, cfg, args.epochs)
-    if started:
-        ray.shutdown()
+    with ray_session(None, args.cpus):  # joins RAY_ADDRESS or a running cluster, else a local one
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        cores = min(int(ray.cluster_resources()["CPU"]), os.cpu_count() or 1)
+        prepare(["--dataset", "folder", "--root", str(work / "src"), "--out", str(work / "store"), "--overwrite"])
+        store = Store(str(work / "store"))
+        cfg = DataConfig(store=store.url, train_short_side=(args.crop, args.crop * 5 // 4), crop=args.crop,
+                         eval_short_side=args.crop)
+        videos, classes, rate = batch_makeup(store, cfg, args.epochs)
     per_clip, alone = inprocess(store, cfg)
     split = store.manifest["splits"]["train"]
     own = cfg.frames * split["bytes"] / split["frames"]  # a clip's frames at the store's mean bytes per frame

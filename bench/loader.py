@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a bare checkout
-from pipeline.prepare import connect_ray  # noqa: E402
 from pipeline.prepare import main as prepare  # noqa: E402
+from pipeline.session import ray_session  # noqa: E402
 from pipeline.store import Store  # noqa: E402
 from pipeline.synthetic import SyntheticSpec, generate  # noqa: E402
 from train.augment import apply_view, train_view  # noqa: E402
@@ -96,19 +96,17 @@ def main(argv: list[str] | None = None) -> int:
                            intra_only=args.intra), work / "src")
     import ray
 
-    started = connect_ray(None, args.cpus)  # joins RAY_ADDRESS or a running cluster, else a local one
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    cores = min(int(ray.cluster_resources()["CPU"]), os.cpu_count() or 1)  # what its tasks can really use
-    prepare(["--dataset", "kinetics", "--root", str(work / "src"), "--out", str(work / "store"),
-             "--short-side", str(args.short_side), "--videos-per-shard", "2", "--overwrite"])
-    store = Store(str(work / "store"))
-    lo, hi = min(256, args.short_side), args.short_side
-    crop = min(args.crop, lo)
-    cfg = DataConfig(store=store.url, frames=8, stride=8, train_short_side=(lo, hi), crop=crop,
-                     eval_short_side=lo, rows_per_task=4, clips_per_video=args.clips_per_video)
-    rate, per_pass = loader_rate(store, cfg, args.passes)
-    if started:
-        ray.shutdown()
+    with ray_session(None, args.cpus):  # joins RAY_ADDRESS or a running cluster, else a local one
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        cores = min(int(ray.cluster_resources()["CPU"]), os.cpu_count() or 1)  # what its tasks can really use
+        prepare(["--dataset", "kinetics", "--root", str(work / "src"), "--out", str(work / "store"),
+                 "--short-side", str(args.short_side), "--videos-per-shard", "2", "--overwrite"])
+        store = Store(str(work / "store"))
+        lo, hi = min(256, args.short_side), args.short_side
+        crop = min(args.crop, lo)
+        cfg = DataConfig(store=store.url, frames=8, stride=8, train_short_side=(lo, hi), crop=crop,
+                         eval_short_side=lo, rows_per_task=4, clips_per_video=args.clips_per_video)
+        rate, per_pass = loader_rate(store, cfg, args.passes)
     alone = inprocess_rate(store, cfg)
     videos = sorted((work / "src").rglob("*.mp4"))
     direct = decord_rate(videos, cfg, args.decord_clips)

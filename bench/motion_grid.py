@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable from a bare checkout
-from pipeline.prepare import connect_ray  # noqa: E402
 from pipeline.prepare import main as prepare  # noqa: E402
+from pipeline.session import connect_ray  # noqa: E402
 from pipeline.store import Store  # noqa: E402
 from pipeline.synthetic import write_video  # noqa: E402
 from train.augment import normalize  # noqa: E402

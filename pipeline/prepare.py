@@ -20,17 +20,16 @@ existing store are refused unless --overwrite.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -39,6 +38,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.datasets import DatasetError, DatasetIndex, VideoItem, read_dataset
+from pipeline.session import git_commit, ray_session
 from pipeline.shards import QUARANTINE_SCHEMA, ShardSpec, quarantine_row, run_shard_row, spec_row
 from pipeline.store import (
     SCHEMA_VERSION,
@@ -117,16 +117,6 @@ def params(args: argparse.Namespace) -> dict:
                 limit=args.limit, shuffle_seed=args.shuffle_seed)
 
 
-def git_commit() -> str:
-    """This checkout's commit (short), or "" outside a git checkout (e.g. a Ray job's working dir)."""
-    here = Path(__file__).resolve().parent
-    try:
-        return subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def code_version() -> str:
     commit = git_commit()
     return f"store-v{SCHEMA_VERSION}" + (f"+{commit}" if commit else "")
@@ -170,24 +160,6 @@ def plan_shards(items: list[VideoItem], out: str, args: argparse.Namespace, opts
                 short_side=args.short_side, quality=args.quality, num_phases=p["num_phases"],
                 timeout=args.timeout, store_options=opts, source_options=opts))
     return shards
-
-
-def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = False) -> bool:
-    """Join the named or running cluster, else start a local one; True if started here."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=log_to_driver)
-        return False
-    try:
-        ray.init(address="auto", log_to_driver=log_to_driver)
-        return False
-    except ConnectionError:
-        ray.init(num_cpus=num_cpus or None, log_to_driver=log_to_driver)
-        return True
 
 
 def run_shards(todo: list[ShardSpec], workers: int, total_videos: int, done_videos: int) -> None:
@@ -300,8 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = [s for s in shards if not url_exists(s.url, opts)]
     total = sum(len(s.videos) for s in shards)
     done = total - sum(len(s.videos) for s in todo)
-    started_here = connect_ray(args.address, args.num_cpus) if todo else False
-    try:
+    with ray_session(args.address, args.num_cpus) if todo else contextlib.nullcontext():
         problem = None if args.shared_storage or not todo else unshared_paths({"--root": args.root, "--out": out},
                                                                                "--shared-storage")
         if problem:
@@ -312,11 +283,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{len(shards)} shards, {len(todo)} to do" + (" (resuming)" if state == "resume" else ""), flush=True)
         if todo:
             run_shards(todo, args.workers, total, done)
-    finally:
-        if started_here:
-            import ray
-
-            ray.shutdown()
     manifest = finalize(out, shards, items, index, plan, opts)
     print_summary(manifest, out, time.monotonic() - started)
     return 0

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
-from pipeline.prepare import connect_ray, git_commit  # noqa: E402
+from pipeline.session import connect_ray, git_commit  # noqa: E402
 from pipeline.store import Store, StoreError, endpoint_options  # noqa: E402
 from train import tracking  # noqa: E402
 from train.config import ConfigError, apply_override, flatten, from_dict, load_config, to_dict, to_yaml  # noqa: E402

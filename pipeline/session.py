@@ -1,0 +1,54 @@
+"""The Ray session and the code version, shared by the command-line tools and the benchmarks.
+
+    with ray_session(address, num_cpus):   # joins a cluster, or starts a local Ray it shuts down after
+        ...
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = False) -> bool:
+    """Join the named or running cluster, else start a local one; True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=log_to_driver)
+        return False
+    try:
+        ray.init(address="auto", log_to_driver=log_to_driver)
+        return False
+    except ConnectionError:
+        ray.init(num_cpus=num_cpus or None, log_to_driver=log_to_driver)
+        return True
+
+
+@contextmanager
+def ray_session(address: str | None, num_cpus: int, *, log_to_driver: bool = False) -> Iterator[None]:
+    """``connect_ray`` for the block; Ray is shut down after it only if it was started here."""
+    started = connect_ray(address, num_cpus, log_to_driver=log_to_driver)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def git_commit() -> str:
+    """This checkout's commit (short), or "" outside a git checkout (e.g. a Ray job's working dir)."""
+    here = Path(__file__).resolve().parent
+    try:
+        return subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
