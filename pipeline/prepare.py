@@ -107,10 +107,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def storage_options(args: argparse.Namespace) -> dict:
-    return endpoint_options(args.s3_endpoint)
-
-
 def params(args: argparse.Namespace) -> dict:
     return dict(frame_step=args.frame_step, stride=args.stride, num_phases=args.stride // args.frame_step,
                 short_side=args.short_side, quality=args.quality, videos_per_shard=args.videos_per_shard,
@@ -239,7 +235,7 @@ def check_existing(out: str, plan: dict, overwrite: bool, opts: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-    opts = storage_options(args)
+    opts = endpoint_options(args.s3_endpoint)
     out = args.out.rstrip("/")
     dataset = args.dataset
     if dataset == "synthetic":
