@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable from a bare checkout
@@ -39,12 +38,11 @@ from pipeline.prepare import main as prepare  # noqa: E402
 from pipeline.session import connect_ray  # noqa: E402
 from pipeline.store import Store  # noqa: E402
 from pipeline.synthetic import write_video  # noqa: E402
-from train.augment import normalize  # noqa: E402
 from train.checkpoints import make_model  # noqa: E402
 from train.config import load_config  # noqa: E402
+from train.core import Step, optimizer  # noqa: E402
 from train.data import clips_per_epoch, epoch_plan, shard_clips, shard_videos  # noqa: E402
 from train.evaluate import video_probs  # noqa: E402
-from train.loop import optimizer  # noqa: E402
 from train.settings import TrainConfig  # noqa: E402
 
 ARCHS = ("c2d", "c3d", "cost_a", "cost_b")
@@ -113,11 +111,12 @@ def fit(store_url: str, arch: str, *, seed: int = 1, overrides: tuple[str, ...] 
     torch.manual_seed(seed)
     cfg = load_config(TrainConfig, ROOT / "configs" / "tiny_synthetic.yaml",
                       [f"data.store={store_url}", f"model.arch={arch}", *overrides])
-    store, d, o = Store(store_url), cfg.data, cfg.optim
+    store, d = Store(store_url), cfg.data
     model = make_model(cfg.model, len(store.classes))
     batch = cfg.trainer.batch_size * cfg.trainer.num_workers
     steps_per_epoch = clips_per_epoch(store, "train", d.clips_per_video) // batch
     opt, sched = optimizer(model, cfg, cfg.trainer.num_workers, steps_per_epoch)
+    step = Step.for_config(cfg, "cpu")
     phases = store.manifest["params"]["num_phases"]
     for epoch in range(cfg.trainer.epochs):
         cut = [b for task in epoch_plan(store, d, seed=seed, epoch=epoch)
@@ -128,13 +127,7 @@ def fit(store_url: str, arch: str, *, seed: int = 1, overrides: tuple[str, ...] 
         model.train()
         for i in range(0, len(order) - batch + 1, batch):
             idx = order[i:i + batch]
-            loss = F.cross_entropy(model(normalize(clips[idx], d.mean, d.std)), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            if o.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
-            opt.step()
-            sched.step()
+            step(model, opt, sched, clips[idx], labels[idx])
     model.eval()
     hits = [int(video_probs(model, torch.from_numpy(views[None]), d)[0].argmax()) == label
             for url in store.shard_urls("val")

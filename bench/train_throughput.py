@@ -1,15 +1,16 @@
-"""Training-step throughput of C2D, C3D, CoST(a) and CoST(b): forward, backward and an SGD step
-per batch, eager and ``torch.compile``d, one after another in one process. Imports only torch.
+"""Training-step throughput of C2D, C3D, CoST(a) and CoST(b): the training core's step (train/core.py:
+normalise, forward, backward, gradient clipping, SGD) per batch of uint8 clips, eager and
+``torch.compile``d, one after another in one process. Imports only torch.
 
     python bench/train_throughput.py                     # CPU, tiny trunk, eager (seconds)
     python bench/train_throughput.py --device cuda --depth 50 --size 224 --batch 32 --modes eager,compiled
     python bench/train_throughput.py --cost-impls views,stacked,fold,composed   # every CoST formulation
 
-On CUDA the step runs as training does (train/loop.py): bf16 autocast, channels-last-3d model and
-input. Prints clips/s per (architecture, mode), the ratio to compiled C2D (to eager C2D when
-compiled is not run) and the peak GPU memory; CoST rows name their formulation (train/models/cost.py;
-``composed`` is CoST(a) only); the table heads with the machine, the versions and
-the date, ready for bench/RESULTS.md.
+On CUDA the step runs as training does (the Ray Train loop calls the same ``Step``): bf16
+autocast, channels-last-3d model and input. Prints clips/s per (architecture, mode), the ratio to
+compiled C2D (to eager C2D when compiled is not run) and the peak GPU memory; CoST rows name their
+formulation (train/models/cost.py; ``composed`` is CoST(a) only); the table heads with the machine,
+the versions and the date, ready for bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 # The GPU machine runs this from a bare checkout (no project install): import from the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.models import common_args, timed  # noqa: E402
+from train.core import Step  # noqa: E402
 from train.models import ARCHS, IMPLS, build_model, formulations  # noqa: E402
 
 
@@ -41,23 +41,18 @@ def measure(arch: str, impl: str, mode: str, args: argparse.Namespace) -> tuple[
     kwargs = dict(depth=args.depth) if args.depth else dict(blocks=(1, 1, 1, 1), width=16)
     if impl != "-":
         kwargs["cost_impl"] = impl
-    model = build_model(arch, num_classes=400, **kwargs).to(args.device)
-    fmt = torch.channels_last_3d if cuda else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    train_step = Step(args.device, mean=(0.45,) * 3, std=(0.225,) * 3, clip_grad=40.0,
+                      precision="fp32" if args.fp32 else "bf16")
+    model = build_model(arch, num_classes=400, **kwargs).to(args.device, memory_format=train_step.memory_format)
     net = torch.compile(model) if mode == "compiled" else model
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=args.device).contiguous(
-        memory_format=fmt)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    x = torch.randint(0, 256, (args.batch, args.frames, args.size, args.size, 3), dtype=torch.uint8,
+                      device=args.device)
     y = torch.randint(0, 400, (args.batch,), device=args.device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not args.fp32 else nullcontext()
 
     def step() -> None:
-        with amp:
-            logits = net(x)
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(net, opt, sched, x, y)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -86,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     name = f"ResNet-{args.depth}" if args.depth else "tiny trunk (1,1,1,1) width 16"
     precision = "bf16 autocast, channels-last-3d" if args.device == "cuda" and not args.fp32 else "fp32"
-    print(f"\ntraining step (forward, backward, SGD), {name}, batch {args.batch} x 3x{args.frames}x{args.size}x"
-          f"{args.size}, {precision}\n{where}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
+    print(f"\ntraining step (forward, backward, clipping, SGD), {name}, batch {args.batch} x 3x{args.frames}x"
+          f"{args.size}x{args.size}, {precision}\n{where}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
     print(f"{'arch':8} {'cost impl':9} {'mode':9} {'clips/s':>9} {f'vs {base_mode} C2D':>16} {'peak GiB':>9}")
     for arch, impl, mode, rate, peak in rows:
         ratio = f"{rate / base:.2f}" if base else "-"

@@ -7,8 +7,8 @@ average pool takes any size); "three_crop", three 256x256 squares along the long
 code); "center_crop", the centre 224x224 crop (the single-clip validation's view). A view is
 computed in stored-frame pixels first, so only its region is resized: one ``cv2.resize`` per frame.
 
-Clips leave the loader as uint8 (T, H, W, 3); ``normalize`` turns a batch into the model's float
-(N, 3, T, H, W) on the training device, where mean/std subtraction costs nothing.
+Clips leave the loader as uint8 (T, H, W, 3); ``train.core.normalize`` turns a batch into the
+model's float (N, 3, T, H, W) on the training device, where mean/std subtraction costs nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import simplejpeg
-import torch
 
 cv2.setNumThreads(1)  # a loader task is one core; OpenCV's own threads would oversubscribe it
 
@@ -97,13 +96,3 @@ def apply_view(frames: np.ndarray, view: View, size: int | tuple[int, int],
         if view.flip:
             cv2.flip(out[i], 1, dst=out[i])
     return out
-
-
-def normalize(clips: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (N, T, H, W, 3) -> float (N, 3, T, H, W), (x/255 - mean) / std. The result is a
-    permuted view of channels-last memory, i.e. already in ``torch.channels_last_3d`` layout."""
-    x = clips.permute(0, 4, 1, 2, 3).float()
-    shape = (1, 3, 1, 1, 1)
-    m = torch.tensor(mean, device=x.device).view(shape) * 255
-    s = torch.tensor(std, device=x.device).view(shape) * 255
-    return (x - m) / s

@@ -1,20 +1,19 @@
 """What each Ray Train worker runs: ``TorchTrainer(train_loop, train_loop_config=...)``.
 
 One loop for CPU and GPU, one worker or many (DDP). Per step: a batch of augmented clips from
-this worker's split of the epoch's Ray Data stream, forward (bf16 autocast on GPU), backward,
-gradient clipping, SGD. Every ``log_every`` steps rank 0 logs metrics to MLflow and prints a
-progress line; every ``checkpoint_every`` steps and at each epoch end rank 0 saves the training
-state through ``ray.train.report``; every ``val_every`` epochs (and after the last one) the
-single-clip validation runs, and after the last epoch the multi-clip test protocol. A restarted
-worker group (FailureConfig) and a re-run of the same run name both continue from the latest
-checkpoint.
+this worker's split of the epoch's Ray Data stream, then the training core's step (train/core.py:
+forward with bf16 autocast on GPU, backward, gradient clipping, SGD). Every ``log_every`` steps
+rank 0 logs metrics to MLflow and prints a progress line; every ``checkpoint_every`` steps and at
+each epoch end rank 0 saves the training state through ``ray.train.report``; every ``val_every``
+epochs (and after the last one) the single-clip validation runs, and after the last epoch the
+multi-clip test protocol. A restarted worker group (FailureConfig) and a re-run of the same run
+name both continue from the latest checkpoint.
 
 ``eval_loop`` runs only the test protocol on a given checkpoint (``train/main.py --eval-only``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import signal
@@ -27,15 +26,14 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.store import Store
 from train import tracking
 from train.analyze import write_analysis
-from train.augment import normalize
 from train.checkpoints import load_state, make_model, read_weights, save_state
 from train.config import from_dict
+from train.core import Step, optimizer
 from train.data import split_iterator, train_dataset
 from train.evaluate import evaluate
 from train.models import load_2d_pretrained
@@ -57,12 +55,8 @@ class Worker:
         data_context = ray.data.DataContext.get_current()  # travels with the datasets rank 0 builds
         data_context.enable_progress_bars = False
         data_context.print_on_execution_start = False
-        cuda = self.device.type == "cuda"
-        # The loader's clips are channels-last already; DDP wants gradients in the model's own layout.
-        self.memory_format = torch.channels_last_3d if cuda and self.cfg.trainer.channels_last \
-            else torch.contiguous_format
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and self.cfg.trainer.precision == "bf16" \
-            else contextlib.nullcontext()
+        self.step = Step.for_config(self.cfg, self.device)
+        self.autocast = self.step.autocast
 
     def tag_placement(self) -> None:
         """Tags: ``hardware``, where the throughput was measured ("8 x NVIDIA H100 80GB HBM3", "2 x CPU"),
@@ -113,26 +107,6 @@ class Worker:
         return metrics
 
 
-def lr_factor(step: int, total: int, warmup: int, milestones: tuple[float, ...], gamma: float) -> float:
-    """Linear warm-up from 1/10 over ``warmup`` steps, then a step decay by ``gamma`` at each milestone."""
-    factor = gamma ** sum(step >= int(m * total) for m in milestones)
-    if step < warmup:
-        factor *= 0.1 + 0.9 * step / warmup
-    return factor
-
-
-def optimizer(model: nn.Module, cfg: TrainConfig, world: int, steps_per_epoch: int
-              ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD at ``optim.lr`` scaled to the global batch (batch_size x world), with ``lr_factor``'s schedule."""
-    o, t = cfg.optim, cfg.trainer
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=o.lr * t.batch_size * world / o.lr_batch, momentum=o.momentum,
-                          weight_decay=o.weight_decay)
-    total, warmup = steps_per_epoch * t.epochs, int(o.warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, o.milestones, o.gamma))
-    return opt, sched
-
-
 def build(w: Worker, state: dict | None) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer,
                                                    torch.optim.lr_scheduler.LRScheduler]:
     """(model, the network to train: DDP-wrapped and maybe compiled, optimizer, scheduler)."""
@@ -146,7 +120,7 @@ def build(w: Worker, state: dict | None) -> tuple[nn.Module, nn.Module, torch.op
         weights = read_weights(cfg.model.pretrained, storage_options(cfg))  # a shared path or s3://
         report = load_2d_pretrained(model, weights, inflate=cfg.model.inflate)
         w.say(f"ImageNet initialisation from {cfg.model.pretrained}: {report.summary()}")
-    model = model.to(memory_format=w.memory_format)
+    model = model.to(memory_format=w.step.memory_format)
     net = ray.train.torch.prepare_model(model)
     if cfg.trainer.compile:
         net = torch.compile(net)
@@ -223,18 +197,8 @@ def train_loop(ctx: dict) -> None:
             if epoch_step >= steps_per_epoch:
                 break
             waited += time.monotonic() - fetch
-            x = normalize(batch["clip"], cfg.data.mean, cfg.data.std).contiguous(memory_format=w.memory_format)
-            with w.autocast:
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), batch["label"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.clip_grad:
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.clip_grad)
-            opt.step()
-            sched.step()
+            losses.append(w.step(net, opt, sched, batch["clip"], batch["label"]))
             step, epoch_step = step + 1, epoch_step + 1
-            losses.append(loss.detach())
             maybe_fault(ctx.get("fault"), w.rank, step, state is not None)
             if step % t.log_every == 0 or epoch_step == steps_per_epoch:
                 n = len(losses) - logged  # steps since the last log

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import simplejpeg
-import torch
 
-from train.augment import View, apply_view, decode, eval_views, normalize, train_view
+from train.augment import View, apply_view, decode, eval_views, train_view
 
 
 def test_train_view_follows_the_scale_and_crop_ranges():
@@ -62,11 +61,3 @@ def test_decode_returns_the_frames():
         assert out.shape == (4, 64, 80, 3) and out.dtype == np.uint8
         assert np.abs(out.astype(int) - frames).mean() < 6
 
-
-def test_normalize_gives_the_model_layout():
-    clips = torch.randint(0, 256, (2, 4, 6, 6, 3), dtype=torch.uint8)
-    x = normalize(clips, (0.5, 0.4, 0.3), (0.2, 0.25, 0.5))
-    assert x.shape == (2, 3, 4, 6, 6) and x.dtype == torch.float32
-    assert x.is_contiguous(memory_format=torch.channels_last_3d)
-    expect = (clips[1, 2, 3, 4, 1].float() / 255 - 0.4) / 0.25
-    assert torch.allclose(x[1, 1, 2, 3, 4], expect, atol=1e-5)

@@ -12,8 +12,8 @@ from torch import nn
 
 from pipeline.prepare import main as prepare
 from pipeline.store import Store, read_table
-from train.augment import normalize
 from train.config import load_config
+from train.core import normalize
 from train.evaluate import evaluate
 from train.settings import TrainConfig
 

@@ -1,0 +1,90 @@
+"""The training step without Ray, MLflow or the data pipeline: it imports only torch, so that it
+runs, and is tested, anywhere torch does - a laptop, or a bare GPU machine with nothing else.
+
+    step = Step.for_config(cfg, device)               # or Step(device, mean=..., std=..., ...)
+    model = model.to(device, memory_format=step.memory_format)
+    opt, sched = optimizer(model, cfg, world, steps_per_epoch)
+    loss = step(net, opt, sched, clips, labels)       # uint8 (N, T, H, W, 3) clips, int64 labels
+
+The Ray Train loop (train/loop.py), bench/motion_grid.py and bench/train_throughput.py all train
+through ``Step``: one forward / backward / clip / SGD step for every caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from train.settings import TrainConfig
+
+
+def normalize(clips: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (N, T, H, W, 3) -> float (N, 3, T, H, W), (x/255 - mean) / std. The result is a
+    permuted view of channels-last memory, i.e. already in ``torch.channels_last_3d`` layout."""
+    x = clips.permute(0, 4, 1, 2, 3).float()
+    shape = (1, 3, 1, 1, 1)
+    m = torch.tensor(mean, device=x.device).view(shape) * 255
+    s = torch.tensor(std, device=x.device).view(shape) * 255
+    return (x - m) / s
+
+
+class Step:
+    """One training step on ``device``: normalise, forward (bf16 autocast and channels-last-3d on
+    CUDA, as asked), cross-entropy, backward, gradient clipping, SGD and scheduler steps."""
+
+    def __init__(self, device: torch.device | str, *, mean: Sequence[float], std: Sequence[float],
+                 clip_grad: float | None = None, precision: str = "bf16", channels_last: bool = True) -> None:
+        self.device = torch.device(device)
+        self.mean, self.std, self.clip_grad = mean, std, clip_grad
+        cuda = self.device.type == "cuda"
+        # The loader's clips are channels-last already; DDP wants gradients in the model's own layout.
+        self.memory_format = torch.channels_last_3d if cuda and channels_last else torch.contiguous_format
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and precision == "bf16" \
+            else contextlib.nullcontext()
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig, device: torch.device | str) -> Step:
+        t = cfg.trainer
+        return cls(device, mean=cfg.data.mean, std=cfg.data.std, clip_grad=cfg.optim.clip_grad,
+                   precision=t.precision, channels_last=t.channels_last)
+
+    def __call__(self, net: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                 clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The step's loss (detached: reading it does not wait for the device unless asked)."""
+        x = normalize(clips, self.mean, self.std).contiguous(memory_format=self.memory_format)
+        with self.autocast:
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_grad:
+            nn.utils.clip_grad_norm_(net.parameters(), self.clip_grad)
+        opt.step()
+        sched.step()
+        return loss.detach()
+
+
+def lr_factor(step: int, total: int, warmup: int, milestones: Sequence[float], gamma: float) -> float:
+    """Linear warm-up from 1/10 over ``warmup`` steps, then a step decay by ``gamma`` at each milestone."""
+    factor = gamma ** sum(step >= int(m * total) for m in milestones)
+    if step < warmup:
+        factor *= 0.1 + 0.9 * step / warmup
+    return factor
+
+
+def optimizer(model: nn.Module, cfg: TrainConfig, world: int, steps_per_epoch: int
+              ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD at ``optim.lr`` scaled to the global batch (batch_size x world), with ``lr_factor``'s schedule."""
+    o, t = cfg.optim, cfg.trainer
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=o.lr * t.batch_size * world / o.lr_batch, momentum=o.momentum,
+                          weight_decay=o.weight_decay)
+    total, warmup = steps_per_epoch * t.epochs, int(o.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, o.milestones, o.gamma))
+    return opt, sched
