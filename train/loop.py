@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 import ray.data
 import ray.train
@@ -42,12 +43,24 @@ from train.models.views import ViewStats
 from train.settings import TrainConfig, pretrained_path, storage_options
 
 
-class Worker:
-    """The per-worker setting: rank, device, store, autocast, and rank-0-only MLflow logging."""
+@dataclass(frozen=True)
+class RunContext:
+    """What the driver (train/main.py) hands every worker, as ``train_loop_config={"run": RunContext}``."""
+    config: dict  # the resolved TrainConfig as plain data, rebuilt on the worker
+    run_id: str  # the MLflow run, opened and closed by the driver
+    tracking_uri: str
+    steps_per_epoch: int
+    stop_at_epoch: int | None = None  # end the job after this epoch (main.py --stop-at-epoch)
+    checkpoint: str | None = None  # eval_loop: the checkpoint to test
+    fault: str | None = None  # $COST_TRAIN_FAULT, a test hook (maybe_fault)
 
-    def __init__(self, ctx: dict) -> None:
+
+class Worker:
+    """The per-worker setting: rank, device, store, training step, and rank-0-only MLflow logging."""
+
+    def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.cfg = from_dict(TrainConfig, ctx["config"])
+        self.cfg = from_dict(TrainConfig, ctx.config)
         info = ray.train.get_context()
         self.rank, self.world = info.get_world_rank(), info.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -67,14 +80,14 @@ class Worker:
             dist.all_gather_object(nodes, node)
         if self.rank == 0:
             what = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
-            client = tracking.client(self.ctx["tracking_uri"])
-            client.set_tag(self.ctx["run_id"], "hardware", f"{self.world} x {what}")
-            client.set_tag(self.ctx["run_id"], "worker_nodes", ",".join(nodes))
+            client = tracking.client(self.ctx.tracking_uri)
+            client.set_tag(self.ctx.run_id, "hardware", f"{self.world} x {what}")
+            client.set_tag(self.ctx.run_id, "worker_nodes", ",".join(nodes))
             self.say(f"{self.world} workers on {len(set(nodes))} node(s): " + ", ".join(n[:8] for n in nodes))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.rank == 0:
-            tracking.log_metrics(self.ctx["tracking_uri"], self.ctx["run_id"], metrics, step)
+            tracking.log_metrics(self.ctx.tracking_uri, self.ctx.run_id, metrics, step)
 
     def say(self, text: str) -> None:
         if self.rank == 0:  # not print(): Ray Train's patched print would show the line twice
@@ -94,14 +107,14 @@ class Worker:
         if self.rank == 0:
             import pyarrow.parquet as pq
 
-            client = tracking.client(self.ctx["tracking_uri"])
+            client = tracking.client(self.ctx.tracking_uri)
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "test_scores.parquet")
                 pq.write_table(scores.table(self.store.classes), path)
-                client.log_artifact(self.ctx["run_id"], path)
+                client.log_artifact(self.ctx.run_id, path)
                 if views:
                     for f in write_analysis(views, self.store.classes, os.path.join(tmp, "analysis")):
-                        client.log_artifact(self.ctx["run_id"], str(f), "analysis")
+                        client.log_artifact(self.ctx.run_id, str(f), "analysis")
         self.say(f"test ({split}, {d.test_clips} clips, {d.test_protocol}): top-1 {metrics['test_top1']:.4f} "
                  f"top-5 {metrics['test_top5']:.4f} on {len(scores.labels)} videos")
         return metrics
@@ -124,7 +137,7 @@ def build(w: Worker, state: dict | None) -> tuple[nn.Module, nn.Module, torch.op
     net = ray.train.torch.prepare_model(model)
     if cfg.trainer.compile:
         net = torch.compile(net)
-    opt, sched = optimizer(model, cfg, w.world, w.ctx["steps_per_epoch"])
+    opt, sched = optimizer(model, cfg, w.world, w.ctx.steps_per_epoch)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -157,14 +170,15 @@ def maybe_fault(spec: str | None, rank: int, step: int, restored: bool) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train_loop(ctx: dict) -> None:
+def train_loop(config: dict) -> None:
+    ctx: RunContext = config["run"]
     w = Worker(ctx)
     w.tag_placement()
     cfg, t = w.cfg, w.cfg.trainer
     checkpoint = ray.train.get_checkpoint()
     state = load_state(checkpoint) if checkpoint else None
     model, net, opt, sched = build(w, state)
-    steps_per_epoch = ctx["steps_per_epoch"]
+    steps_per_epoch = ctx.steps_per_epoch
     total = steps_per_epoch * t.epochs
     epoch, epoch_step, step = (state["epoch"], state["epoch_step"], state["step"]) if state else (0, 0, 0)
     val = dict(state.get("val", {})) if state else {}
@@ -179,11 +193,11 @@ def train_loop(ctx: dict) -> None:
             return
         with tempfile.TemporaryDirectory() as d:
             save_state(d, dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                               epoch=epoch, epoch_step=epoch_step, step=step, val=val, config=ctx["config"],
+                               epoch=epoch, epoch_step=epoch_step, step=step, val=val, config=ctx.config,
                                classes=w.store.classes, store_params=w.store.manifest["params"]))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    stop_at = ctx.get("stop_at_epoch")
+    stop_at = ctx.stop_at_epoch
     while epoch < t.epochs and not (stop_at and epoch >= stop_at):
         started, window_start, waited, losses, logged = time.monotonic(), time.monotonic(), 0.0, [], 0
         it = split_iterator(functools.partial(train_dataset, w.store, cfg.data, seed=t.seed, epoch=epoch,
@@ -199,7 +213,7 @@ def train_loop(ctx: dict) -> None:
             waited += time.monotonic() - fetch
             losses.append(w.step(net, opt, sched, batch["clip"], batch["label"]))
             step, epoch_step = step + 1, epoch_step + 1
-            maybe_fault(ctx.get("fault"), w.rank, step, state is not None)
+            maybe_fault(ctx.fault, w.rank, step, state is not None)
             if step % t.log_every == 0 or epoch_step == steps_per_epoch:
                 n = len(losses) - logged  # steps since the last log
                 window_loss = mean_over_workers(torch.stack(losses[logged:]).mean(), w.world)
@@ -246,10 +260,11 @@ def mean_over_workers(value: torch.Tensor, world: int) -> float:
     return float(value)
 
 
-def eval_loop(ctx: dict) -> None:
-    """Only the test protocol, on the checkpoint ``ctx['checkpoint']``."""
+def eval_loop(config: dict) -> None:
+    """Only the test protocol, on the checkpoint ``RunContext.checkpoint``."""
+    ctx: RunContext = config["run"]
     w = Worker(ctx)
-    state = load_state(ctx["checkpoint"], storage_options(w.cfg))
+    state = load_state(ctx.checkpoint, storage_options(w.cfg))
     model = make_model(w.cfg.model, len(state["classes"]))
     model.load_state_dict(state["model"])
     model = model.to(w.device)

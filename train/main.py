@@ -198,13 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         import ray.train
         from ray.train.torch import TorchTrainer
 
-        from train.loop import eval_loop, train_loop
+        from train.loop import RunContext, eval_loop, train_loop
 
-        ctx = dict(config=to_dict(cfg), run_id=run_id, tracking_uri=uri, steps_per_epoch=steps_per_epoch,
-                   stop_at_epoch=args.stop_at_epoch, checkpoint=args.checkpoint,
-                   fault=os.environ.get("COST_TRAIN_FAULT"))
+        ctx = RunContext(config=to_dict(cfg), run_id=run_id, tracking_uri=uri, steps_per_epoch=steps_per_epoch,
+                         stop_at_epoch=args.stop_at_epoch, checkpoint=args.checkpoint,
+                         fault=os.environ.get("COST_TRAIN_FAULT"))
         t = cfg.trainer
-        trainer = TorchTrainer(eval_loop if args.eval_only else train_loop, train_loop_config=ctx,
+        trainer = TorchTrainer(eval_loop if args.eval_only else train_loop, train_loop_config={"run": ctx},
                                scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                                       resources_per_worker={"CPU": t.cpus_per_worker},
                                                                       placement_strategy=t.placement),
