@@ -69,7 +69,6 @@ class Worker:
         data_context.enable_progress_bars = False
         data_context.print_on_execution_start = False
         self.step = Step.for_config(self.cfg, self.device)
-        self.autocast = self.step.autocast
 
     def tag_placement(self) -> None:
         """Tags: ``hardware``, where the throughput was measured ("8 x NVIDIA H100 80GB HBM3", "2 x CPU"),
@@ -100,7 +99,7 @@ class Worker:
         split = d.test_split or d.val_split
         with ViewStats(model, len(self.store.classes)) as views:  # empty for C2D and C3D
             scores = evaluate(model, self.store, split, self.cfg, clips=d.test_clips, protocol=d.test_protocol,
-                              rank=self.rank, world=self.world, device=self.device, autocast=self.autocast,
+                              rank=self.rank, world=self.world, device=self.device, autocast=self.step.autocast,
                               views=views)
         metrics = scores.metrics("test")
         self.log(metrics, step)
@@ -240,7 +239,7 @@ def train_loop(config: dict) -> None:
         text = f"epoch {epoch}/{t.epochs} done: train loss {train_loss:.4f}"
         if epoch % t.val_every == 0 or epoch == t.epochs:
             scores = evaluate(model, w.store, cfg.data.val_split, cfg, clips=1, protocol="center_crop", rank=w.rank,
-                              world=w.world, device=w.device, autocast=w.autocast)
+                              world=w.world, device=w.device, autocast=w.step.autocast)
             val = scores.metrics("val")
             metrics.update(val)
             text += (f", val top-1 {val['val_top1']:.4f} top-5 {val['val_top5']:.4f} loss {val['val_loss']:.4f} "
