@@ -155,25 +155,38 @@ def absolute_paths(cfg: TrainConfig) -> None:
 
 def check_values(cfg: TrainConfig) -> None:
     """Value ranges the types cannot say."""
-    d, t, o = cfg.data, cfg.trainer, cfg.optim
+    d, t, o, m = cfg.data, cfg.trainer, cfg.optim, cfg.model
     positive = {"data.frames": d.frames, "data.stride": d.stride, "data.crop": d.crop,
                 "data.eval_short_side": d.eval_short_side, "data.test_clips": d.test_clips,
-                "data.clips_per_video": d.clips_per_video, "model.conv1_t": cfg.model.conv1_t,
+                "data.clips_per_video": d.clips_per_video, "model.conv1_t": m.conv1_t, "model.width": m.width,
                 "data.rows_per_task": d.rows_per_task, "trainer.epochs": t.epochs,
                 "trainer.batch_size": t.batch_size, "trainer.num_workers": t.num_workers,
                 "trainer.log_every": t.log_every, "trainer.checkpoint_every": t.checkpoint_every,
                 "trainer.val_every": t.val_every,
                 "trainer.keep_checkpoints": t.keep_checkpoints, "optim.lr_batch": o.lr_batch}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
+    ranges = {key: (value, value >= 1, ">= 1") for key, value in positive.items()}
+    ranges.update({  # key: (value, holds, the range in words)
+        "optim.lr": (o.lr, o.lr > 0, "> 0"),
+        "optim.momentum": (o.momentum, 0 <= o.momentum < 1, "in [0, 1)"),
+        "optim.weight_decay": (o.weight_decay, o.weight_decay >= 0, ">= 0"),
+        "optim.gamma": (o.gamma, 0 < o.gamma <= 1, "in (0, 1]"),
+        "optim.warmup_epochs": (o.warmup_epochs, 0 <= o.warmup_epochs < t.epochs, "in [0, trainer.epochs)"),
+        "optim.clip_grad": (o.clip_grad, o.clip_grad is None or o.clip_grad > 0, "> 0, or null for none"),
+        "model.dropout": (m.dropout, 0 <= m.dropout < 1, "in [0, 1)"),
+        "model.blocks": (m.blocks, m.blocks is None or (len(m.blocks) == 4 and min(m.blocks) >= 1),
+                         "four stages of >= 1 units each, or null for model.depth's"),
+        "data.std": (d.std, min(d.std) > 0, "> 0 in every channel"),
+    })
+    for key, (value, holds, words) in ranges.items():
+        if not holds:
+            raise ConfigError(f"config key '{key}' must be {words}, got {value}")
     lo, hi = d.train_short_side
     if not d.crop <= lo <= hi:
         raise ConfigError(f"config key 'data.train_short_side' must be a range [lo, hi] with "
                           f"data.crop ({d.crop}) <= lo <= hi, got {list(d.train_short_side)}")
     if d.eval_short_side < d.crop:
         raise ConfigError(f"config key 'data.eval_short_side' ({d.eval_short_side}) must be >= data.crop ({d.crop})")
-    if not all(0 < m < 1 for m in o.milestones) or list(o.milestones) != sorted(o.milestones):
+    if not all(0 < f < 1 for f in o.milestones) or list(o.milestones) != sorted(o.milestones):
         raise ConfigError(f"config key 'optim.milestones' must be increasing fractions in (0, 1), "
                           f"got {list(o.milestones)}")
     if t.cpus_per_worker <= 0 or d.loader_cpus <= 0:
@@ -188,23 +201,6 @@ def check_values(cfg: TrainConfig) -> None:
                           f"{cfg.model.arch!r}; use auto, views, stacked or fold")
     if d.shuffle_buffer < 0 or t.max_failures < -1:
         raise ConfigError("config key 'data.shuffle_buffer' must be >= 0 and 'trainer.max_failures' >= -1")
-    m = cfg.model
-    ranges = {  # key: (value, holds, the range in words)
-        "optim.lr": (o.lr, o.lr > 0, "> 0"),
-        "optim.momentum": (o.momentum, 0 <= o.momentum < 1, "in [0, 1)"),
-        "optim.weight_decay": (o.weight_decay, o.weight_decay >= 0, ">= 0"),
-        "optim.gamma": (o.gamma, 0 < o.gamma <= 1, "in (0, 1]"),
-        "optim.warmup_epochs": (o.warmup_epochs, 0 <= o.warmup_epochs < t.epochs, "in [0, trainer.epochs)"),
-        "optim.clip_grad": (o.clip_grad, o.clip_grad is None or o.clip_grad > 0, "> 0, or null for none"),
-        "model.dropout": (m.dropout, 0 <= m.dropout < 1, "in [0, 1)"),
-        "model.width": (m.width, m.width >= 1, ">= 1"),
-        "model.blocks": (m.blocks, m.blocks is None or (len(m.blocks) == 4 and min(m.blocks) >= 1),
-                         "four stages of >= 1 units each, or null for model.depth's"),
-        "data.std": (d.std, min(d.std) > 0, "> 0 in every channel"),
-    }
-    for key, (value, holds, words) in ranges.items():
-        if not holds:
-            raise ConfigError(f"config key '{key}' must be {words}, got {value}")
 
 
 def check_against_store(cfg: TrainConfig, store) -> None:  # store: pipeline.store.Store
