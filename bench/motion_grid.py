@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable from a bare checkout
 from pipeline.prepare import main as prepare  # noqa: E402
-from pipeline.session import connect_ray  # noqa: E402
+from pipeline.session import ray_session  # noqa: E402
 from pipeline.store import Store  # noqa: E402
 from pipeline.synthetic import write_video  # noqa: E402
 from train.checkpoints import make_model  # noqa: E402
@@ -157,9 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     floats = lambda text: [float(x) for x in text.split(",")]  # noqa: E731
     cells = [TEST_CELL] if args.cells == "test" else list(itertools.product(
         args.layouts.split(","), floats(args.sizes), floats(args.speeds), [int(x) for x in args.lengths.split(",")]))
-    connect_ray(None, 0)
     failed = 0
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    with ray_session(None, 0), tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         print(f"{'layout':<10} {'size':>5} {'px/frame':>8} {'frames':>6}  " + "  ".join(f"{a:>6}" for a in archs)
               + "  seconds")
         for n, (layout, size, speed, frames) in enumerate(cells):
