@@ -61,6 +61,9 @@ class ModelConfig:
     # inputs, where objects and their steps between frames are a few pixels (bench/RESULTS.md, motion grid).
     conv1_stride_s: Literal[1, 2] = 2
     pool1_stride_s: Literal[1, 2] = 2
+    # conv1's kernels sum to zero: blind to a clip's colour, for small models trained from scratch on
+    # objects of any colour over any background (bench/RESULTS.md, motion grid). Not with ImageNet weights.
+    conv1_zero_mean: bool = False
     pool2: Literal["2x1x1", "3x1x1", "none"] = "2x1x1"  # the temporal pool after res2
     dropout: float = 0.5
     cost_shared: bool = True  # false: each view its own 3x3 kernel (the paper's Table 3 ablation)
@@ -196,6 +199,10 @@ def check_values(cfg: TrainConfig) -> None:
     if not cfg.model.cost_shared and not cfg.model.arch.startswith("cost"):
         raise ConfigError(f"config key 'model.cost_shared': false unshares CoST's view kernels; arch "
                           f"{cfg.model.arch!r} has no CoST layer (use cost_a or cost_b)")
+    if m.conv1_zero_mean and pretrained_path(m):
+        raise ConfigError("config key 'model.conv1_zero_mean': true takes each conv1 filter's mean out, so the "
+                          "ImageNet conv1 of model.pretrained would no longer compute what it learned; set it "
+                          "false with pretrained weights")
     if cfg.model.cost_impl == "composed" and cfg.model.arch != "cost_a":
         raise ConfigError(f"config key 'model.cost_impl': 'composed' is for arch cost_a only, got arch "
                           f"{cfg.model.arch!r}; use auto, views, stacked or fold")
@@ -228,7 +235,8 @@ def check_init(cfg: TrainConfig, store) -> None:  # store: pipeline.store.Store
         raise ConfigError(
             f"config key 'model.pretrained' is not set, and every result of the paper on {dataset} starts from "
             f"ImageNet weights: give torchvision's original ImageNet ResNet-{m.depth} state dict, e.g. "
-            f"model.pretrained=s3://BUCKET/weights/resnet{m.depth}-imagenet.pth (README, \"ImageNet weights\"), "
+            f"model.pretrained=s3://BUCKET/weights/resnet{m.depth}-imagenet.pth "
+            f"(docs/training.md, \"ImageNet weights\"), "
             f"or model.finetune_from=CHECKPOINT to fine-tune a trained run (the 32-frame models), or write "
             f"model.pretrained={SCRATCH} to train from random initialisation on purpose")
 

@@ -68,6 +68,14 @@ def test_unshared_kernels_are_for_cost_models_only():
         check_values(load_config(TrainConfig, None, ["data.store=s", "model.arch=c3d", "model.cost_shared=false"]))
 
 
+def test_a_zero_mean_stem_is_for_models_from_scratch():
+    check_values(load_config(TrainConfig, None, ["data.store=s", "model.conv1_zero_mean=true",
+                                                 "model.pretrained=none"]))
+    with pytest.raises(ConfigError, match="'model.conv1_zero_mean'.*pretrained"):
+        check_values(load_config(TrainConfig, None, ["data.store=s", "model.conv1_zero_mean=true",
+                                                     "model.pretrained=s3://b/resnet50.pth"]))
+
+
 @pytest.mark.parametrize("dataset, overrides, refused", [
     ("kinetics", [], True),
     ("moments", [], True),

@@ -77,6 +77,15 @@ def temporal_pool2(kind: str) -> nn.Module:
     raise ValueError(f"pool2 must be '2x1x1', '3x1x1' or 'none', got {kind!r}")
 
 
+class ZeroMeanConv3d(nn.Conv3d):
+    """A convolution whose every (output, input channel) kernel sums to zero, so it cannot see a
+    channel's local mean: a clip's colour. A small model trained from scratch on objects of any
+    colour over any background learns their motion only this way (bench/RESULTS.md, motion grid)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight - self.weight.mean(dim=(2, 3, 4), keepdim=True), self.bias)
+
+
 class VideoResNet(nn.Module):
     """conv1 (conv1_t)x7x7 /(conv1_stride_t,s,s) - pool1 max (pool1_t)x3x3 /(pool1_stride_t,s,s) -
     res2 - pool2 (temporal, /2) - res3 - res4 - res5 - global average pool - dropout - fc.
@@ -84,12 +93,13 @@ class VideoResNet(nn.Module):
     The defaults are the authors' published 8-frame trunk (conv1 1x7x7, pool1 1x3x3, pool2 2x1x1);
     their 32-frame models use conv1_t=5, conv1_stride_t=2, pool1_t=2, pool1_stride_t=2, so that
     res3-res5 see T/8. The paper's Table 1 writes pool1 3x3x3 (pool1_t=3) and pool2 3x1x1. The
-    spatial strides s (conv1_stride_s, pool1_stride_s) are 2; 1 suits inputs of a few dozen pixels."""
+    spatial strides s (conv1_stride_s, pool1_stride_s) are 2; 1 suits inputs of a few dozen pixels.
+    ``conv1_zero_mean`` makes conv1 a ZeroMeanConv3d (small models from scratch; not ImageNet's stem)."""
 
     def __init__(self, *, unit: Unit, num_classes: int, blocks: Sequence[int],
                  temporal: Sequence[Sequence[int]], width: int = 64, conv1_t: int = 1, conv1_stride_t: int = 1,
                  pool1_t: int = 1, pool1_stride_t: int = 1, conv1_stride_s: int = 2, pool1_stride_s: int = 2,
-                 pool2: Pool2 = "2x1x1", dropout: float = 0.5,
+                 conv1_zero_mean: bool = False, pool2: Pool2 = "2x1x1", dropout: float = 0.5,
                  cost_shared: bool = True, cost_impl: str = "auto", frozen_bn: bool = False) -> None:
         super().__init__()
         if len(blocks) != 4 or [len(s) for s in temporal] != list(blocks):
@@ -101,8 +111,9 @@ class VideoResNet(nn.Module):
                              f"conv1_t={conv1_t} pool1_t={pool1_t} strides (conv1 t, pool1 t, conv1 s, pool1 s) "
                              f"{strides}")
         self.unit, self.temporal = unit, tuple(tuple(s) for s in temporal)
-        self.conv1 = nn.Conv3d(3, width, (conv1_t, 7, 7), stride=(conv1_stride_t, conv1_stride_s, conv1_stride_s),
-                               padding=(conv1_t // 2, 3, 3), bias=False)
+        conv = ZeroMeanConv3d if conv1_zero_mean else nn.Conv3d
+        self.conv1 = conv(3, width, (conv1_t, 7, 7), stride=(conv1_stride_t, conv1_stride_s, conv1_stride_s),
+                          padding=(conv1_t // 2, 3, 3), bias=False)
         self.bn1 = nn.BatchNorm3d(width)
         self.relu = nn.ReLU(inplace=True)
         # An odd temporal kernel is padded to keep T; the authors' 2x3x3 pool (with stride 2) is not.

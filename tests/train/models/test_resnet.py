@@ -116,6 +116,20 @@ def test_stem_spatial_strides_set_the_resolution_res2_sees(conv1_s, pool1_s, res
         build_model("c2d", num_classes=2, conv1_stride_s=4, **TINY)
 
 
+@pytest.mark.parametrize("conv1_t", [1, 3])
+def test_a_zero_mean_stem_is_blind_to_a_clips_colour_but_not_to_its_edges(conv1_t):
+    torch.manual_seed(conv1_t)
+    x = torch.randn(2, 3, 4, 24, 24)
+    colour = torch.tensor([0.9, -0.4, 0.3]).view(1, 3, 1, 1, 1)
+    for zero_mean in (True, False):
+        conv1 = build_model("c3d", num_classes=2, conv1_t=conv1_t, conv1_zero_mean=zero_mean, **TINY).conv1
+        change = (conv1(x + colour) - conv1(x))[:, :, conv1_t // 2:4 - conv1_t // 2, 2:-2, 2:-2]  # unpadded
+        assert (change.abs().max() < 1e-5) == zero_mean
+        assert conv1(x).std() > 0.1  # edges and texture still pass
+    # The raw weights keep their names: checkpoints and exported state dicts are unchanged in layout.
+    assert "conv1.weight" in build_model("c3d", num_classes=2, conv1_zero_mean=True, **TINY).state_dict()
+
+
 def frames_entering(model, x) -> dict[str, int]:
     """T of the input of each stage, from forward pre-hooks."""
     seen = {}
