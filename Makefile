@@ -35,7 +35,7 @@ demo: install
 		$(DEMO_ENV) $(PY) train/main.py --config configs/tiny_synthetic.yaml data.store=$(DEMO)/store \
 			model.arch=$$arch name=demo-$$arch || exit 1; \
 	done
-	$(DEMO_ENV) $(PY) train/report.py --experiment cost-demo --out $(DEMO)/report
+	$(DEMO_ENV) $(PY) results/report.py --experiment cost-demo --out $(DEMO)/report
 	@echo "Plots: $(DEMO)/report/analysis/*/*.png. MLflow UI: run 'make mlflow-ui' and open http://127.0.0.1:5000"
 
 mlflow-ui: install

@@ -114,7 +114,7 @@ def test_dockerfile_matches_the_project_pins():
     (base,) = re.findall(r"^FROM (\S+)", text, re.M)
     assert base.startswith(f"rayproject/ray:{RAY}-py311-cu")
     assert f"torch=={TORCH} --index-url https://download.pytorch.org/whl/cu" in text
-    for folder in ("pipeline", "train", "configs"):
+    for folder in ("pipeline", "train", "results", "configs"):
         assert f"COPY --chown=ray:users {folder} ./{folder}" in text
 
 

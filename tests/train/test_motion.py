@@ -18,9 +18,9 @@ import pytest
 
 from pipeline.prepare import main as prepare
 from pipeline.store import Store, read_table
+from results.predict import main as predict
 from train.checkpoints import save_state
 from train.config import to_dict
-from train.predict import main as predict
 
 ARCHS = ["c2d", "c3d", "cost_a", "cost_b"]
 

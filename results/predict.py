@@ -1,7 +1,7 @@
 """Classify video files with a trained model: the paper's multi-clip test protocol on each video.
 
-    python train/predict.py --run RUN_ID video.mp4 [more.mp4 ...]
-    python train/predict.py --checkpoint RUNS/NAME/checkpoint_... video.mp4 [--json]
+    python results/predict.py --run RUN_ID video.mp4 [more.mp4 ...]
+    python results/predict.py --checkpoint RUNS/NAME/checkpoint_... video.mp4 [--json]
 
 Each video is decoded as the model's frame store was prepared (frame step, short side, JPEG
 quality, recorded in the checkpoint), in a child process so that a broken file cannot crash this

@@ -1,12 +1,12 @@
 """The paper's comparison tables, built from the finished training runs of an MLflow experiment.
 
-    python train/report.py --experiment cost [--out DIR] [--tracking-uri URI]
+    python results/report.py --experiment cost [--out DIR] [--tracking-uri URI]
 
 One row per (dataset, model, arch, frames, CoST kernels shared or not, test protocol), as in the
 paper's Tables 2-5: parameters (M), GFLOPs per clip, training clips/s, single-clip validation and
 multi-clip test top-1/top-5 in %, as the mean and standard deviation over the group's runs (e.g.
 seeds); beside them the paper's published numbers where the row is one of the paper's settings
-(``train/paper_results.csv``, Table 3's unshared CoST included) tested with the paper's protocol
+(``results/paper_results.csv``, Table 3's unshared CoST included) tested with the paper's protocol
 (10 clips, the whole frame at short side 256): other protocols give other numbers. Then, per
 CoST run, the view-coefficient summary (paper Figs. 7-8) with its plots.
 
@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
 from train import tracking  # noqa: E402
-from train.analyze import summary, write_csv  # noqa: E402
+from train.plots import summary, write_csv  # noqa: E402
 from train.settings import HOME  # noqa: E402
 
 ARCH_NAMES = {"c2d": "C2D", "c3d": "C3D", "cost_a": "CoST(a)", "cost_b": "CoST(b)"}
@@ -183,7 +183,7 @@ multi-clip protocol, "clips x views @ short side" (full: the whole frame, the pa
 authors' code's; softmax averaged per video). "± s": standard deviation over the row's runs. GFLOPs: one
 forward pass of one clip (a multiply-add is 2 FLOPs). Train clips/s: median over the logged windows, all
 workers together ({hardware}). Paper: Li et al., CVPR 2019, validation sets, ImageNet initialisation,
-shown only beside rows tested as the paper tests ({paper}; train/paper_results.csv)."""
+shown only beside rows tested as the paper tests ({paper}; results/paper_results.csv)."""
 
 
 def view_section(uri: str, runs: list[RunResult], out: Path) -> str:
@@ -201,7 +201,7 @@ def view_section(uri: str, runs: list[RunResult], out: Path) -> str:
                 shutil.copytree(got, folder, dirs_exist_ok=True)
         except Exception as e:  # the run has no analysis (e.g. trained without test_at_end)
             parts.append(f"**{r.name}**: no view-coefficient analysis ({str(e).splitlines()[0][:120]}); "
-                         f"run `python train/analyze.py --run {r.run_id}`")
+                         f"run `python results/analyze.py --run {r.run_id}`")
             continue
         layers = _read_csv(folder / "view_coefficients_layers.csv")
         by_class = _read_csv(folder / "temporal_share_classes.csv")

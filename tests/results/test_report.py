@@ -9,8 +9,8 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from train.analyze import write_csv
-from train.report import RunResult, load_paper, main, mixed_settings, model_label, protocol_label, table
+from results.report import RunResult, load_paper, main, mixed_settings, model_label, protocol_label, table
+from train.plots import write_csv
 
 
 def log_run(client: MlflowClient, exp: str, name: str, *, arch: str, seed: int = 0, metrics: dict,

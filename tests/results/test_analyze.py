@@ -1,5 +1,5 @@
 """View-coefficient analysis: set coefficients come out exactly; CoST(b) shares; files are valid;
-``train/analyze.py --run`` and ``train/predict.py --run`` on a run logged to the MLflow test server."""
+``results/analyze.py --run`` and ``results/predict.py --run`` on a run logged to the MLflow test server."""
 
 import csv
 from pathlib import Path
@@ -11,13 +11,13 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.prepare import main as prepare
 from pipeline.store import Store, read_table
-from train.analyze import main as analyze
-from train.analyze import write_analysis
+from results.analyze import main as analyze
+from results.predict import main as predict
 from train.checkpoints import make_model, save_state
 from train.config import load_config, to_dict
 from train.models import build_model
 from train.models.views import VIEWS, ViewStats
-from train.predict import main as predict
+from train.plots import write_analysis
 from train.settings import TrainConfig
 
 SMALL = dict(num_classes=3, blocks=(1, 1, 1, 1), width=8, pool1_t=1, pool2="none")
