@@ -108,7 +108,7 @@ def test_ray_refuses_a_client_without_the_token(cluster):
 
 def registered_checkpoint(fs: s3fs.S3FileSystem, run_dir: str) -> bool:
     """Ray Train's controller has registered a checkpoint (its snapshot in the run folder names one).
-    One only written to storage is not yet what a restarted group resumes from (README, "Limit")."""
+    One only written to storage is not yet what a restarted group resumes from (docs/training.md, "Checkpoints")."""
     fs.invalidate_cache()
     snapshots = [p for p in fs.find(run_dir) if p.endswith("checkpoint_manager_snapshot.json")]
     return any(json.loads(fs.cat(p))["latest_checkpoint_result"] for p in snapshots)
