@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -13,21 +14,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = False) -> bool:
-    """Join the named or running cluster, else start a local one; True if started here."""
+def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = False, quiet: bool = False) -> bool:
+    """Join the named or running cluster, else start a local one; True if started here. ``quiet``:
+    Ray's own info lines (connecting, the dashboard's address) stay out of the console."""
     import ray
 
     if ray.is_initialized():
         return False
+    options = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING if quiet else logging.INFO)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=log_to_driver)
+        ray.init(address=address, **options)
         return False
     try:
-        ray.init(address="auto", log_to_driver=log_to_driver)
+        ray.init(address="auto", **options)
         return False
     except ConnectionError:
-        ray.init(num_cpus=num_cpus or None, log_to_driver=log_to_driver)
+        ray.init(num_cpus=num_cpus or None, **options)
         return True
 
 

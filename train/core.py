@@ -6,6 +6,9 @@ runs, and is tested, anywhere torch does - a laptop, or a bare GPU machine with 
     opt, sched = optimizer(model, cfg, world, steps_per_epoch)
     loss = step(net, opt, sched, clips, labels)       # uint8 (N, T, H, W, 3) clips, int64 labels
 
+A Ray-free run keeps its state in a ``TrainState`` (``state.train_step(step, clips, labels)``), whose
+``state_dict`` is what train/loop.py checkpoints.
+
 The Ray Train loop (train/loop.py), bench/motion_grid.py and bench/train_throughput.py all train
 through ``Step``: one forward / backward / clip / SGD step for every caller.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -68,6 +72,38 @@ class Step:
         opt.step()
         sched.step()
         return loss.detach()
+
+
+@dataclass
+class TrainState:
+    """A run in progress, all that a checkpoint holds: the model, the network that trains it (the
+    model itself, or its DDP or compiled wrapper), the optimiser, the scheduler and the counters."""
+    model: nn.Module
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    epoch: int = 0  # epochs done
+    epoch_step: int = 0  # steps done in the epoch under way
+    step: int = 0  # steps done in all
+    val: dict = field(default_factory=dict)  # the last validation's metrics
+
+    def state_dict(self) -> dict:
+        return dict(model=self.model.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+                    epoch=self.epoch, epoch_step=self.epoch_step, step=self.step, val=dict(self.val))
+
+    def restore(self, state: dict) -> None:
+        """The optimiser, scheduler and counters of a ``state_dict`` (the model's weights are loaded
+        before a wrapper is built around it)."""
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.epoch, self.epoch_step, self.step = state["epoch"], state["epoch_step"], state["step"]
+        self.val = dict(state.get("val", {}))
+
+    def train_step(self, step: Step, clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One step of ``step`` on this state's network, the counters moved on; the loss, detached."""
+        loss = step(self.net, self.opt, self.sched, clips, labels)
+        self.step, self.epoch_step = self.step + 1, self.epoch_step + 1
+        return loss
 
 
 def lr_factor(step: int, total: int, warmup: int, milestones: Sequence[float], gamma: float) -> float:

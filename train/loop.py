@@ -15,6 +15,7 @@ name both continue from the latest checkpoint.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import sys
@@ -31,15 +32,15 @@ from torch import nn
 
 from pipeline.store import Store
 from train import tracking
-from train.analyze import write_analysis
 from train.checkpoints import load_state, make_model, read_weights, save_state
 from train.config import from_dict
-from train.core import Step, optimizer
+from train.core import Step, TrainState, optimizer
 from train.data import split_iterator, train_dataset
 from train.evaluate import evaluate
 from train.models import load_2d_pretrained
 from train.models.pretrained import convert
 from train.models.views import ViewStats
+from train.plots import write_analysis
 from train.settings import TrainConfig, pretrained_path, storage_options
 
 
@@ -53,6 +54,7 @@ class RunContext:
     stop_at_epoch: int | None = None  # end the job after this epoch (main.py --stop-at-epoch)
     checkpoint: str | None = None  # eval_loop: the checkpoint to test
     fault: str | None = None  # $COST_TRAIN_FAULT, a test hook (maybe_fault)
+    verbose: bool = False  # main.py --verbose: Ray's own info lines on the console too
 
 
 class Worker:
@@ -61,6 +63,8 @@ class Worker:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self.cfg = from_dict(TrainConfig, ctx.config)
+        if not ctx.verbose:  # Ray 2.60 logs each report under a file path, which LoggingConfig does not reach
+            logging.getLogger().setLevel(logging.WARNING)
         info = ray.train.get_context()
         self.rank, self.world = info.get_world_rank(), info.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -93,6 +97,17 @@ class Worker:
             sys.stdout.write(f"[train] {text}\n")
             sys.stdout.flush()
 
+    def report(self, ts: TrainState, checkpoint: bool, extra: dict | None = None) -> None:
+        """``ray.train.report`` from every rank; with ``checkpoint``, rank 0 attaches the training state."""
+        metrics = {"epoch": ts.epoch, "step": ts.step, "val_top1": ts.val.get("val_top1", -1.0), **(extra or {})}
+        if not (checkpoint and self.rank == 0):
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            save_state(d, dict(ts.state_dict(), config=self.ctx.config, classes=self.store.classes,
+                               store_params=self.store.manifest["params"]))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
     def test(self, model: nn.Module, step: int) -> dict[str, float]:
         """The multi-clip test protocol; rank 0 logs the metrics and the per-video scores."""
         d = self.cfg.data
@@ -119,9 +134,9 @@ class Worker:
         return metrics
 
 
-def build(w: Worker, state: dict | None) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer,
-                                                   torch.optim.lr_scheduler.LRScheduler]:
-    """(model, the network to train: DDP-wrapped and maybe compiled, optimizer, scheduler)."""
+def build(w: Worker, state: dict | None) -> TrainState:
+    """The model (from the checkpoint's state, a fine-tuning source, ImageNet weights or scratch), the
+    network that trains it (DDP-wrapped, maybe compiled), optimiser and scheduler; counters from ``state``."""
     cfg = w.cfg
     model = make_model(cfg.model, len(w.store.classes))
     if state is not None:
@@ -136,11 +151,10 @@ def build(w: Worker, state: dict | None) -> tuple[nn.Module, nn.Module, torch.op
     net = ray.train.torch.prepare_model(model)
     if cfg.trainer.compile:
         net = torch.compile(net)
-    opt, sched = optimizer(model, cfg, w.world, w.ctx.steps_per_epoch)
+    ts = TrainState(model, net, *optimizer(model, cfg, w.world, w.ctx.steps_per_epoch))
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-    return model, net, opt, sched
+        ts.restore(state)
+    return ts
 
 
 def init_from_checkpoint(model: nn.Module, source: str, opts: dict, inflate: str) -> None:
@@ -173,82 +187,80 @@ def train_loop(config: dict) -> None:
     ctx: RunContext = config["run"]
     w = Worker(ctx)
     w.tag_placement()
-    cfg, t = w.cfg, w.cfg.trainer
+    t = w.cfg.trainer
     checkpoint = ray.train.get_checkpoint()
-    state = load_state(checkpoint) if checkpoint else None
-    model, net, opt, sched = build(w, state)
-    steps_per_epoch = ctx.steps_per_epoch
+    saved = load_state(checkpoint) if checkpoint else None
+    ts = build(w, saved)
+    torch.manual_seed(hash((t.seed, w.rank, ts.step)) % 2**31)
+    if saved:
+        w.say(f"resumed from checkpoint at epoch {ts.epoch + 1}, step {ts.step}")
+    while ts.epoch < t.epochs and not (ctx.stop_at_epoch and ts.epoch >= ctx.stop_at_epoch):
+        started = time.monotonic()
+        losses = train_epoch(w, ts, restored=saved is not None)
+        end_epoch(w, ts, losses, time.monotonic() - started)
+    if ts.epoch >= t.epochs and t.test_at_end:
+        w.report(ts, checkpoint=False, extra=w.test(ts.model, ts.step))
+
+
+def train_epoch(w: Worker, ts: TrainState, *, restored: bool) -> list[torch.Tensor]:
+    """The rest of the epoch ``ts.epoch`` (all of it unless resumed inside it); its steps' losses.
+    Every ``log_every`` steps rank 0 logs the window's metrics and prints a progress line."""
+    cfg, t, steps_per_epoch = w.cfg, w.cfg.trainer, w.ctx.steps_per_epoch
     total = steps_per_epoch * t.epochs
-    epoch, epoch_step, step = (state["epoch"], state["epoch_step"], state["step"]) if state else (0, 0, 0)
-    val = dict(state.get("val", {})) if state else {}
-    torch.manual_seed(hash((t.seed, w.rank, step)) % 2**31)
-    if state:
-        w.say(f"resumed from checkpoint at epoch {epoch + 1}, step {step}")
-
-    def report(checkpoint: bool, extra: dict | None = None) -> None:
-        metrics = {"epoch": epoch, "step": step, "val_top1": val.get("val_top1", -1.0), **(extra or {})}
-        if not (checkpoint and w.rank == 0):
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            save_state(d, dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                               epoch=epoch, epoch_step=epoch_step, step=step, val=val, config=ctx.config,
-                               classes=w.store.classes, store_params=w.store.manifest["params"]))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-    stop_at = ctx.stop_at_epoch
-    while epoch < t.epochs and not (stop_at and epoch >= stop_at):
-        started, window_start, waited, losses, logged = time.monotonic(), time.monotonic(), 0.0, [], 0
-        it = split_iterator(functools.partial(train_dataset, w.store, cfg.data, seed=t.seed, epoch=epoch,
-                                              resumed_at=epoch_step), w.rank, w.world, equal=True)
-        batches = it.iter_torch_batches(batch_size=t.batch_size, drop_last=True, device=w.device,
-                                        local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-                                        local_shuffle_seed=hash((t.seed, epoch, epoch_step, w.rank)) % 2**31)
-        net.train()
+    it = split_iterator(functools.partial(train_dataset, w.store, cfg.data, seed=t.seed, epoch=ts.epoch,
+                                          resumed_at=ts.epoch_step), w.rank, w.world, equal=True)
+    batches = it.iter_torch_batches(batch_size=t.batch_size, drop_last=True, device=w.device,
+                                    local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+                                    local_shuffle_seed=hash((t.seed, ts.epoch, ts.epoch_step, w.rank)) % 2**31)
+    ts.net.train()
+    window_start, waited, losses, logged = time.monotonic(), 0.0, [], 0
+    fetch = time.monotonic()
+    for batch in batches:
+        if ts.epoch_step >= steps_per_epoch:
+            break
+        waited += time.monotonic() - fetch
+        losses.append(ts.train_step(w.step, batch["clip"], batch["label"]))
+        maybe_fault(w.ctx.fault, w.rank, ts.step, restored)
+        if ts.step % t.log_every == 0 or ts.epoch_step == steps_per_epoch:
+            n = len(losses) - logged  # steps since the last log
+            window_loss = mean_over_workers(torch.stack(losses[logged:]).mean(), w.world)
+            now = time.monotonic()
+            seconds = now - window_start
+            metrics = {"loss": window_loss, "lr": ts.sched.get_last_lr()[0],
+                       "clips_per_s": n * t.batch_size * w.world / seconds, "data_wait": waited / seconds}
+            if w.device.type == "cuda":
+                metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            w.log(metrics, ts.step)
+            eta = (total - ts.step) * seconds / n
+            w.say(f"epoch {ts.epoch + 1}/{t.epochs} step {ts.step}/{total} loss {window_loss:.4f} "
+                  f"lr {metrics['lr']:.2e} {metrics['clips_per_s']:.1f} clips/s data wait "
+                  f"{metrics['data_wait']:.0%} eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+            window_start, waited, logged = now, 0.0, len(losses)
+        if ts.step % t.checkpoint_every == 0 and ts.epoch_step < steps_per_epoch:
+            w.report(ts, checkpoint=True)
         fetch = time.monotonic()
-        for batch in batches:
-            if epoch_step >= steps_per_epoch:
-                break
-            waited += time.monotonic() - fetch
-            losses.append(w.step(net, opt, sched, batch["clip"], batch["label"]))
-            step, epoch_step = step + 1, epoch_step + 1
-            maybe_fault(ctx.fault, w.rank, step, state is not None)
-            if step % t.log_every == 0 or epoch_step == steps_per_epoch:
-                n = len(losses) - logged  # steps since the last log
-                window_loss = mean_over_workers(torch.stack(losses[logged:]).mean(), w.world)
-                now = time.monotonic()
-                seconds = now - window_start
-                metrics = {"loss": window_loss, "lr": sched.get_last_lr()[0],
-                           "clips_per_s": n * t.batch_size * w.world / seconds, "data_wait": waited / seconds}
-                if w.device.type == "cuda":
-                    metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-                w.log(metrics, step)
-                eta = (total - step) * seconds / n
-                w.say(f"epoch {epoch + 1}/{t.epochs} step {step}/{total} loss {window_loss:.4f} "
-                      f"lr {metrics['lr']:.2e} {metrics['clips_per_s']:.1f} clips/s data wait "
-                      f"{metrics['data_wait']:.0%} eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
-                window_start, waited, logged = now, 0.0, len(losses)
-            if step % t.checkpoint_every == 0 and epoch_step < steps_per_epoch:
-                report(checkpoint=True)
-            fetch = time.monotonic()
-        if epoch_step < steps_per_epoch:
-            w.say(f"epoch {epoch + 1} ended after {epoch_step} of {steps_per_epoch} steps: the stream ran short")
-        train_loss = mean_over_workers(torch.stack(losses).mean(), w.world) if losses else float("nan")
-        epoch, epoch_step = epoch + 1, 0
-        metrics = {"epoch": epoch, "train_loss": train_loss, "epoch_seconds": time.monotonic() - started}
-        text = f"epoch {epoch}/{t.epochs} done: train loss {train_loss:.4f}"
-        if epoch % t.val_every == 0 or epoch == t.epochs:
-            scores = evaluate(model, w.store, cfg.data.val_split, cfg, clips=1, protocol="center_crop", rank=w.rank,
-                              world=w.world, device=w.device, autocast=w.step.autocast)
-            val = scores.metrics("val")
-            metrics.update(val)
-            text += (f", val top-1 {val['val_top1']:.4f} top-5 {val['val_top5']:.4f} loss {val['val_loss']:.4f} "
-                     f"({len(scores.labels)} videos)")
-        w.log(metrics, step)
-        w.say(text)
-        report(checkpoint=True)
-    if epoch >= t.epochs and t.test_at_end:
-        report(checkpoint=False, extra=w.test(model, step))
+    if ts.epoch_step < steps_per_epoch:
+        w.say(f"epoch {ts.epoch + 1} ended after {ts.epoch_step} of {steps_per_epoch} steps: the stream ran short")
+    return losses
+
+
+def end_epoch(w: Worker, ts: TrainState, losses: list[torch.Tensor], seconds: float) -> None:
+    """The epoch's train loss, the validation when due, its metrics logged and a checkpoint reported."""
+    cfg, t = w.cfg, w.cfg.trainer
+    train_loss = mean_over_workers(torch.stack(losses).mean(), w.world) if losses else float("nan")
+    ts.epoch, ts.epoch_step = ts.epoch + 1, 0
+    metrics = {"epoch": ts.epoch, "train_loss": train_loss, "epoch_seconds": seconds}
+    text = f"epoch {ts.epoch}/{t.epochs} done: train loss {train_loss:.4f}"
+    if ts.epoch % t.val_every == 0 or ts.epoch == t.epochs:
+        scores = evaluate(ts.model, w.store, cfg.data.val_split, cfg, clips=1, protocol="center_crop", rank=w.rank,
+                          world=w.world, device=w.device, autocast=w.step.autocast)
+        ts.val = scores.metrics("val")
+        metrics.update(ts.val)
+        text += (f", val top-1 {ts.val['val_top1']:.4f} top-5 {ts.val['val_top5']:.4f} "
+                 f"loss {ts.val['val_loss']:.4f} ({len(scores.labels)} videos)")
+    w.log(metrics, ts.step)
+    w.say(text)
+    w.report(ts, checkpoint=True)
 
 
 def mean_over_workers(value: torch.Tensor, world: int) -> float:

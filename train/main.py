@@ -14,6 +14,7 @@ against the store before Ray starts. Running a name again resumes it from its la
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -49,6 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, a running one, "
                                                    "or a new local one)")
     p.add_argument("--num-cpus", type=int, default=0, help="CPUs of a local Ray instance started here")
+    p.add_argument("--verbose", action="store_true", help="Ray's own lines too: connecting, Ray Train's reports "
+                                                          "and checkpoints, Ray Data's executions")
     args = p.parse_args(argv)
     if args.eval_only != bool(args.checkpoint):
         p.error("--eval-only and --checkpoint go together")
@@ -95,7 +98,9 @@ def schedule(cfg: TrainConfig, store: Store, clips: int, steps_per_epoch: int) -
             f"({t.num_workers} workers x {t.batch_size}); lr drops at iterations {drops or 'none'}")
 
 
-def run_config(cfg: TrainConfig, name: str):
+def run_config(cfg: TrainConfig, name: str, verbose: bool):
+    """Where checkpoints go and how many are kept; without ``verbose``, only Ray Train's and Ray
+    Data's warnings reach the console (the workers and the actors they start inherit the level)."""
     import ray.train
 
     t = cfg.trainer
@@ -110,7 +115,9 @@ def run_config(cfg: TrainConfig, name: str):
         failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints,
                                                      checkpoint_score_attribute="val_top1",
-                                                     checkpoint_score_order="max"))
+                                                     checkpoint_score_order="max"),
+        logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+        worker_runtime_env={} if verbose else {"env_vars": {"RAY_DATA_LOG_LEVEL": "ERROR"}})
 
 
 def log_complexity(uri: str, run_id: str, cfg: TrainConfig, num_classes: int) -> None:
@@ -145,41 +152,85 @@ def log_model(uri: str, run_id: str, checkpoint) -> None:
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
 
+def checked(args: argparse.Namespace) -> tuple[TrainConfig, dict | None, Store, int, int]:
+    """(config, --eval-only state, store, clips per epoch, steps per epoch), every check passed: all
+    that can be refused is refused here, before Ray starts."""
+    cfg, state = resolve(args)
+    absolute_paths(cfg)  # as resolved here, recorded in MLflow, and read by the workers
+    check_values(cfg)
+    try:
+        store = Store(cfg.data.store, storage_options(cfg))
+    except (StoreError, OSError) as e:
+        raise ConfigError(f"config key 'data.store': {e}") from None
+    check_against_store(cfg, store)
+    if not args.eval_only:
+        check_init(cfg, store)
+    check_files(cfg)
+    from train.data import clips_per_epoch
+
+    clips = clips_per_epoch(store, cfg.data.train_split, cfg.data.clips_per_video)
+    steps_per_epoch = clips // cfg.trainer.num_workers // cfg.trainer.batch_size
+    if steps_per_epoch < 1 and not args.eval_only:
+        raise ConfigError(f"config key 'trainer.batch_size': an epoch of the store's {clips} training clips "
+                          f"gives {cfg.trainer.num_workers} workers no full batch of {cfg.trainer.batch_size}")
+    return cfg, state, store, clips, steps_per_epoch
+
+
+def open_run(args: argparse.Namespace, cfg: TrainConfig, state: dict | None, store: Store, uri: str
+             ) -> tuple[str, str, bool]:
+    """(name, MLflow run id, resumed): the run opened, or found again under its name."""
+    name = cfg.name or default_name(cfg, store)
+    if args.eval_only:
+        name = f"{state['config'].get('name') or 'checkpoint'}-eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    m = cfg.model
+    tags = {"arch": m.arch, "depth": str(m.depth), "frames": str(cfg.data.frames),
+            "dataset": store.manifest["dataset"], "classes": str(len(store.classes)), "store": store.url,
+            "store_fingerprint": store.manifest["input_fingerprint"], "git_commit": git_commit() or "unknown",
+            "mode": "eval" if args.eval_only else "train", "init": init_kind(m),
+            "test_protocol": cfg.data.test_protocol}
+    run_id, resumed = tracking.open_run(uri, cfg, name, flatten(cfg), tags, to_yaml(cfg))
+    return name, run_id, resumed
+
+
+def fit(args: argparse.Namespace, cfg: TrainConfig, name: str, ctx) -> str:  # ctx: train.loop.RunContext
+    """Ray Train runs the workers; the run's final status: FINISHED, or KILLED when stopped early."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from train.loop import eval_loop, train_loop
+
+    t = cfg.trainer
+    trainer = TorchTrainer(eval_loop if args.eval_only else train_loop, train_loop_config={"run": ctx},
+                           scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                                                  resources_per_worker={"CPU": t.cpus_per_worker},
+                                                                  placement_strategy=t.placement),
+                           run_config=run_config(cfg, name, args.verbose))
+    result = trainer.fit()
+    epoch = int(result.metrics.get("epoch", 0)) if result.metrics else 0
+    if args.eval_only:
+        return "FINISHED"
+    if epoch < t.epochs:
+        print(f"[train] stopped after epoch {epoch} of {t.epochs}; run again with name={name} to continue")
+        return "KILLED"
+    best = result.get_best_checkpoint("val_top1", "max") or result.checkpoint
+    tracking.client(ctx.tracking_uri).set_tag(ctx.run_id, "best_checkpoint", best.path)
+    if cfg.tracking.log_model:
+        log_model(ctx.tracking_uri, ctx.run_id, best)
+    print(f"[train] done: best checkpoint {best.path}")
+    return "FINISHED"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.verbose:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # e.g. its database-creation lines
     started_here = False
     try:
-        cfg, state = resolve(args)
-        absolute_paths(cfg)  # as resolved here, recorded in MLflow, and read by the workers
-        check_values(cfg)
-        try:
-            store = Store(cfg.data.store, storage_options(cfg))
-        except (StoreError, OSError) as e:
-            raise ConfigError(f"config key 'data.store': {e}") from None
-        check_against_store(cfg, store)
-        if not args.eval_only:
-            check_init(cfg, store)
-        check_files(cfg)
-        from train.data import clips_per_epoch
-
-        clips = clips_per_epoch(store, cfg.data.train_split, cfg.data.clips_per_video)
-        steps_per_epoch = clips // cfg.trainer.num_workers // cfg.trainer.batch_size
-        if steps_per_epoch < 1 and not args.eval_only:
-            raise ConfigError(f"config key 'trainer.batch_size': an epoch of the store's {clips} training clips "
-                              f"gives {cfg.trainer.num_workers} workers no full batch of {cfg.trainer.batch_size}")
-        name = cfg.name or default_name(cfg, store)
-        if args.eval_only:
-            name = f"{state['config'].get('name') or 'checkpoint'}-eval-{time.strftime('%Y%m%d-%H%M%S')}"
+        cfg, state, store, clips, steps_per_epoch = checked(args)
         uri = tracking.tracking_uri(cfg.tracking.uri)
-        started_here = connect_ray(args.address, args.num_cpus, log_to_driver=True)
+        started_here = connect_ray(args.address, args.num_cpus, log_to_driver=True, quiet=not args.verbose)
         check_shared(cfg, uri)
-        m = cfg.model
-        tags = {"arch": m.arch, "depth": str(m.depth), "frames": str(cfg.data.frames),
-                "dataset": store.manifest["dataset"], "classes": str(len(store.classes)), "store": store.url,
-                "store_fingerprint": store.manifest["input_fingerprint"], "git_commit": git_commit() or "unknown",
-                "mode": "eval" if args.eval_only else "train", "init": init_kind(m),
-                "test_protocol": cfg.data.test_protocol}
-        run_id, resumed = tracking.open_run(uri, cfg, name, flatten(cfg), tags, to_yaml(cfg))
+        name, run_id, resumed = open_run(args, cfg, state, store, uri)
     except ConfigError as e:
         print(f"train: {e}", file=sys.stderr)
         if started_here:
@@ -195,33 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not resumed and not args.eval_only:
             log_complexity(uri, run_id, cfg, len(store.classes))
-        import ray.train
-        from ray.train.torch import TorchTrainer
-
-        from train.loop import RunContext, eval_loop, train_loop
+        from train.loop import RunContext
 
         ctx = RunContext(config=to_dict(cfg), run_id=run_id, tracking_uri=uri, steps_per_epoch=steps_per_epoch,
                          stop_at_epoch=args.stop_at_epoch, checkpoint=args.checkpoint,
-                         fault=os.environ.get("COST_TRAIN_FAULT"))
-        t = cfg.trainer
-        trainer = TorchTrainer(eval_loop if args.eval_only else train_loop, train_loop_config={"run": ctx},
-                               scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                                                      resources_per_worker={"CPU": t.cpus_per_worker},
-                                                                      placement_strategy=t.placement),
-                               run_config=run_config(cfg, name))
-        result = trainer.fit()
-        epoch = int(result.metrics.get("epoch", 0)) if result.metrics else 0
-        if not args.eval_only and epoch < t.epochs:
-            status = "KILLED"
-            print(f"[train] stopped after epoch {epoch} of {t.epochs}; run again with name={name} to continue")
-            return 0
-        if not args.eval_only:
-            best = result.get_best_checkpoint("val_top1", "max") or result.checkpoint
-            tracking.client(uri).set_tag(run_id, "best_checkpoint", best.path)
-            if cfg.tracking.log_model:
-                log_model(uri, run_id, best)
-            print(f"[train] done: best checkpoint {best.path}")
-        status = "FINISHED"
+                         fault=os.environ.get("COST_TRAIN_FAULT"), verbose=args.verbose)
+        status = fit(args, cfg, name, ctx)
         return 0
     except KeyboardInterrupt:
         status = "KILLED"

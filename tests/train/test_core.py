@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from train.config import load_config
-from train.core import Step, normalize, optimizer
+from train.core import Step, TrainState, normalize, optimizer
 from train.models import build_model
 from train.settings import TrainConfig
 
@@ -48,3 +48,38 @@ def test_the_core_learns_a_batch_in_a_few_steps(arch):
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
     peak = cfg.optim.lr * cfg.trainer.batch_size / cfg.optim.lr_batch  # past the 5 warm-up steps, before the drop
     assert sched.get_last_lr()[0] == pytest.approx(peak)
+
+
+def test_a_train_state_restored_from_its_state_dict_goes_on_as_if_never_stopped():
+    """What a checkpoint holds: 3 steps, the state saved and restored into a fresh run, 3 more steps
+    give the same weights, learning rate and counters as 6 steps in one go."""
+    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny_synthetic.yaml", ["data.store=unused"])
+    clips = torch.randint(0, 256, (4, 4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(4) % 4
+    step = Step.for_config(cfg, "cpu")
+
+    def fresh(state: dict | None = None) -> TrainState:
+        torch.manual_seed(0)
+        model = build_model("cost_a", num_classes=4, blocks=(1, 1, 1, 1), width=8, pool2="none", dropout=0.0)
+        if state:
+            model.load_state_dict(state["model"])
+        ts = TrainState(model, model, *optimizer(model, cfg, world=1, steps_per_epoch=4))
+        if state:
+            ts.restore(state)
+        return ts
+
+    whole = fresh()
+    for _ in range(6):
+        whole.train_step(step, clips, labels)
+    first = fresh()
+    for _ in range(3):
+        first.train_step(step, clips, labels)
+    first.val = {"val_top1": 0.5}
+    second = fresh(first.state_dict())
+    for _ in range(3):
+        second.train_step(step, clips, labels)
+    assert (second.step, second.epoch_step, second.val) == (whole.step, whole.epoch_step, {"val_top1": 0.5}) == \
+        (6, 6, second.val)
+    assert second.sched.get_last_lr() == whole.sched.get_last_lr()
+    for (name, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name

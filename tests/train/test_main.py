@@ -2,6 +2,8 @@
 DDP training that learns, tracking, eval-only, resume, a killed worker, bad configs. (`ray job submit`
 runs on the 2-node cluster of tests/cluster/test_local_cluster.py.)"""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -100,6 +102,20 @@ def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path, caps
     assert ev.data.metrics["test_loss"] == pytest.approx(run.data.metrics["test_loss"], rel=1e-4)
 
 
+def test_the_console_shows_the_runs_lines_and_not_rays_info_lines(store, mlflow_server, tmp_path):
+    """What a user's terminal shows: the command as a user runs it, joining the session's cluster."""
+    done = subprocess.run([sys.executable, str(ROOT / "train" / "main.py"),
+                           *args(store, mlflow_server, tmp_path, "name=console", "trainer.epochs=1",
+                                 "trainer.test_at_end=false", "tracking.log_model=false")],
+                          capture_output=True, text=True, timeout=900)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "[train] epoch 1/1 done" in out  # the workers' own lines reach the console
+    for line in ("Reporting training result", "Checkpoint successfully created", "Wrapping provided model",
+                 "execution finished in", "Progress bars disabled", "Connecting to existing Ray cluster"):
+        assert line not in out, f"{line!r} shows without --verbose"
+
+
 def test_a_stopped_run_resumes_at_the_next_epoch(store, mlflow_server, tmp_path, monkeypatch):
     monkeypatch.chdir(Path(store).parent)  # a store path relative to where the command runs
     common = args(Path(store).name, mlflow_server, tmp_path, "name=resume", "trainer.epochs=2",
@@ -152,6 +168,8 @@ def test_bad_config_fails_before_ray_starts(store, mlflow_server, tmp_path, monk
     extra = [override]
     if key == "data.crop":  # a crop the other sizes allow, but larger than the store's frames
         extra += ["data.train_short_side=[512, 600]", "data.eval_short_side=512"]
+    if key == "model.pretrained":  # the tiny config's zero-mean stem refuses any ImageNet weights
+        extra += ["model.conv1_zero_mean=false"]
     assert main(args(store, mlflow_server, tmp_path, *extra)) == 2
     assert f"'{key}'" in capsys.readouterr().err
 
@@ -168,7 +186,8 @@ def test_a_crashing_run_is_marked_failed(store, mlflow_server, tmp_path):
     bad = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(3, 3, 7, 7)}, bad)  # a 2D state dict of the wrong shape
     with pytest.raises(Exception, match="conv1.weight"):
-        main(args(store, mlflow_server, tmp_path, "name=crash", f"model.pretrained={bad}", "trainer.max_failures=0"))
+        main(args(store, mlflow_server, tmp_path, "name=crash", f"model.pretrained={bad}",
+                  "model.conv1_zero_mean=false", "trainer.max_failures=0"))
     assert find_run(mlflow_server, "crash").info.status == "FAILED"
 
 
