@@ -81,8 +81,8 @@ def make_model(cfg: ModelConfig, num_classes: int) -> VideoResNet:
                        conv1_t=cfg.conv1_t, conv1_stride_t=cfg.conv1_stride_t, pool1_t=cfg.pool1_t,
                        pool1_stride_t=cfg.pool1_stride_t, conv1_stride_s=cfg.conv1_stride_s,
                        pool1_stride_s=cfg.pool1_stride_s, conv1_zero_mean=cfg.conv1_zero_mean, pool2=cfg.pool2,
-                       dropout=cfg.dropout, cost_shared=cfg.cost_shared, cost_impl=cfg.cost_impl,
-                       frozen_bn=cfg.frozen_bn)
+                       dropout=cfg.dropout, cost_shared=cfg.cost_shared, cost_a_init=cfg.cost_a_init,
+                       cost_impl=cfg.cost_impl, frozen_bn=cfg.frozen_bn)
 
 
 def model_from_state(state: dict) -> VideoResNet:

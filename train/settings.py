@@ -67,6 +67,10 @@ class ModelConfig:
     pool2: Literal["2x1x1", "3x1x1", "none"] = "2x1x1"  # the temporal pool after res2
     dropout: float = 0.5
     cost_shared: bool = True  # false: each view its own 3x3 kernel (the paper's Table 3 ablation)
+    # CoST(a)'s coefficients at the start: "spatial" H-W 0.67 / T-W 0.17 / T-H 0.17 (the authors', close
+    # to the 2D network of ImageNet weights); "equal" a third each, for small models from scratch
+    # (bench/RESULTS.md, motion grid). Other archs have no such coefficients.
+    cost_a_init: Literal["spatial", "equal"] = "spatial"
     cost_impl: Literal["auto", "views", "stacked", "fold", "composed"] = "auto"  # train/models/cost.py
     # ImageNet 2D ResNet state dict (torchvision names) to inflate from, local or s3://. Every paper result
     # starts from one: a Kinetics or Moments run without it is refused unless this says "none" (from scratch).
@@ -115,6 +119,9 @@ class TrackingConfig:
     uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else a SQLite store under ~/cost-on-ray
     experiment: str = "cost"
     log_model: bool = True
+    # Seconds between MLflow's system metrics of rank 0's node (CPU, memory, disk, network; GPU
+    # utilisation and memory where there is an NVIDIA GPU); 0 logs none.
+    system_metrics_s: float = 10.0
 
 
 @dataclass(kw_only=True)
@@ -179,6 +186,8 @@ def check_values(cfg: TrainConfig) -> None:
         "model.blocks": (m.blocks, m.blocks is None or (len(m.blocks) == 4 and min(m.blocks) >= 1),
                          "four stages of >= 1 units each, or null for model.depth's"),
         "data.std": (d.std, min(d.std) > 0, "> 0 in every channel"),
+        "tracking.system_metrics_s": (cfg.tracking.system_metrics_s, cfg.tracking.system_metrics_s >= 0,
+                                      ">= 0 (0: none)"),
     })
     for key, (value, holds, words) in ranges.items():
         if not holds:

@@ -114,12 +114,14 @@ class CoST(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1,
                  mode: Literal["a", "b"] = "a", shared: bool = True,
-                 impl: Impl = "auto") -> None:
+                 impl: Impl = "auto", a_init: Literal["spatial", "equal"] = "spatial") -> None:
         super().__init__()
         if mode not in ("a", "b"):
             raise ValueError(f"CoST mode must be 'a' or 'b', got {mode!r}")
         if impl not in IMPLS:
             raise ValueError(f"CoST impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+        if a_init not in ("spatial", "equal"):
+            raise ValueError(f"CoST a_init must be 'spatial' or 'equal', got {a_init!r}")
         if mode == "b" and impl == "composed":
             raise ValueError("CoST(b) needs each view's output for its coefficients: impl='composed' "
                              "is for CoST(a) only")
@@ -130,8 +132,11 @@ class CoST(nn.Module):
         self.weight = nn.Parameter(torch.empty(shape))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         if mode == "a":
-            # H-W dominant at the start: softmax(0.7, -0.7, -0.7) = (0.67, 0.17, 0.17).
-            self.alpha_logits = nn.Parameter(torch.tensor([0.7, -0.7, -0.7]).repeat(out_channels, 1))
+            # "spatial" (the authors'): H-W dominant at the start, softmax(0.7, -0.7, -0.7) = (0.67, 0.17,
+            # 0.17), close to the 2D network its ImageNet weights come from. "equal": a third each, for
+            # models from scratch, whose coefficients otherwise move too slowly to find motion.
+            logits = torch.tensor([0.7, -0.7, -0.7]) if a_init == "spatial" else torch.zeros(3)
+            self.alpha_logits = nn.Parameter(logits.repeat(out_channels, 1))
         else:
             self.channel_fc = nn.Linear(out_channels, out_channels, bias=False)
             self.view_fc = nn.Linear(3, 3, bias=False)

@@ -32,15 +32,14 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_channels: int, planes: int, *, stride: int, unit: Unit,
-                 cost_shared: bool = True, cost_impl: str = "auto") -> None:
+                 cost: dict | None = None) -> None:
         super().__init__()
         out_channels = planes * self.expansion
         t = 3 if unit == "c3d" else 1
         self.conv1 = nn.Conv3d(in_channels, planes, (t, 1, 1), padding=(t // 2, 0, 0), bias=False)
         self.bn1 = nn.BatchNorm3d(planes)
         if unit in ("cost_a", "cost_b"):
-            self.conv2: nn.Module = CoST(planes, planes, stride=stride, mode=unit[-1], shared=cost_shared,
-                                         impl=cost_impl)
+            self.conv2: nn.Module = CoST(planes, planes, stride=stride, mode=unit[-1], **(cost or {}))
         else:
             self.conv2 = nn.Conv3d(planes, planes, (1, 3, 3), stride=(1, stride, stride),
                                    padding=(0, 1, 1), bias=False)
@@ -100,7 +99,8 @@ class VideoResNet(nn.Module):
                  temporal: Sequence[Sequence[int]], width: int = 64, conv1_t: int = 1, conv1_stride_t: int = 1,
                  pool1_t: int = 1, pool1_stride_t: int = 1, conv1_stride_s: int = 2, pool1_stride_s: int = 2,
                  conv1_zero_mean: bool = False, pool2: Pool2 = "2x1x1", dropout: float = 0.5,
-                 cost_shared: bool = True, cost_impl: str = "auto", frozen_bn: bool = False) -> None:
+                 cost_shared: bool = True, cost_impl: str = "auto", cost_a_init: str = "spatial",
+                 frozen_bn: bool = False) -> None:
         super().__init__()
         if len(blocks) != 4 or [len(s) for s in temporal] != list(blocks):
             raise ValueError(f"temporal table {tuple(map(tuple, temporal))} does not match blocks "
@@ -121,6 +121,7 @@ class VideoResNet(nn.Module):
                                     padding=(pool1_t // 2 if pool1_t % 2 else 0, 1, 1))
         self.pool2 = temporal_pool2(pool2)
         in_channels = width
+        cost = {"shared": cost_shared, "impl": cost_impl, "a_init": cost_a_init}  # the CoST units' settings
         for stage, (n, marks) in enumerate(zip(blocks, self.temporal, strict=True)):
             planes = width * 2**stage
             units = []
@@ -128,7 +129,7 @@ class VideoResNet(nn.Module):
                 kind = unit if marks[i] else "2d"
                 stride = 2 if stage > 0 and i == 0 else 1
                 units.append(Bottleneck(in_channels, planes, stride=stride, unit=kind,
-                                        cost_shared=cost_shared, cost_impl=cost_impl))
+                                        cost=cost))
                 in_channels = planes * Bottleneck.expansion
             self.add_module(f"layer{stage + 1}", nn.Sequential(*units))
         self.num_features = in_channels
@@ -227,8 +228,8 @@ ARCHS: dict[str, Callable[..., VideoResNet]] = {"c2d": c2d, "c3d": c3d, "cost_a"
 
 def build_model(arch: str, *, depth: int = 50, num_classes: int = 400, **kwargs) -> VideoResNet:
     """``arch`` in ARCHS; keyword settings: blocks, temporal, width, conv1_t, conv1_stride_t, pool1_t,
-    pool1_stride_t, pool2, dropout, cost_shared, cost_impl (train/models/cost.py: auto, views, stacked,
-    fold, composed), frozen_bn."""
+    pool1_stride_t, pool2, dropout, cost_shared, cost_a_init (spatial, equal), cost_impl
+    (train/models/cost.py: auto, views, stacked, fold, composed), frozen_bn."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     return ARCHS[arch](depth=depth, num_classes=num_classes, **kwargs)

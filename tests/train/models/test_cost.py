@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.models import CoST, compose_kernel, formulations, view_kernel
+from train.models import CoST, build_model, compose_kernel, formulations, view_kernel
 from train.models.views import ViewStats
 
 torch.manual_seed(0)
@@ -169,6 +169,19 @@ def test_cost_b_coefficients_follow_the_paper_branch():
     assert not torch.allclose(coeff[0], coeff[1])  # per sample
     manual = sum(alpha[:, :, v, None, None, None] * views[v] for v in range(3))
     torch.testing.assert_close(y, manual)
+
+
+def test_cost_a_starts_spatial_as_the_authors_or_equal_from_scratch():
+    shares = CoST.coefficients
+    torch.testing.assert_close(shares(CoST(4, 8)), torch.tensor([[0.670, 0.165, 0.165]]).expand(8, 3),
+                               atol=1e-3, rtol=0)
+    torch.testing.assert_close(shares(CoST(4, 8, a_init="equal")), torch.full((8, 3), 1 / 3))
+    # a whole model carries the setting to every CoST(a) layer
+    model = build_model("cost_a", blocks=(1, 1, 1, 1), width=8, num_classes=2, cost_a_init="equal")
+    layers = [m for m in model.modules() if isinstance(m, CoST)]
+    assert layers and all(torch.allclose(shares(m), torch.tensor(1 / 3)) for m in layers)
+    with pytest.raises(ValueError, match="a_init"):
+        CoST(4, 4, a_init="uniform")
 
 
 def test_cost_b_rejects_composed_and_modes_are_checked():

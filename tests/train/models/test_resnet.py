@@ -192,7 +192,7 @@ def test_cost_a_unit_with_alpha_hw_only_is_exactly_a_c2d_unit(stride):
     from train.models.resnet import Bottleneck
 
     c2d = Bottleneck(32, 8, stride=stride, unit="2d").eval()
-    cost = Bottleneck(32, 8, stride=stride, unit="cost_a", cost_impl="views").eval()
+    cost = Bottleneck(32, 8, stride=stride, unit="cost_a", cost={"impl": "views"}).eval()
     state = c2d.state_dict()
     state["conv2.weight"] = state["conv2.weight"].squeeze(2)  # (C, C, 1, 3, 3) -> shared 3x3 kernel
     state["conv2.alpha_logits"] = torch.tensor([100.0, -100.0, -100.0]).repeat(8, 1)  # softmax = (1, 0, 0)
