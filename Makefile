@@ -25,17 +25,14 @@ lint: install
 
 # The demo is self-contained: its MLflow store, checkpoints and reports live under $(DEMO)/home.
 DEMO_ENV = COST_HOME=$(abspath $(DEMO))/home RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
-ARCHS   ?= c2d c3d cost_a cost_b
+ARCHS   ?= c2d,c3d,cost_a,cost_b
 
 demo: install
 	rm -rf $(DEMO)
 	$(DEMO_ENV) $(PY) pipeline/prepare.py --dataset synthetic --synthetic-kind motion --classes 4 \
 		--videos-per-class 75 --stride 4 --root $(DEMO)/motion --out $(DEMO)/store
-	for arch in $(ARCHS); do \
-		$(DEMO_ENV) $(PY) train/main.py --config configs/tiny_synthetic.yaml data.store=$(DEMO)/store \
-			model.arch=$$arch name=demo-$$arch || exit 1; \
-	done
-	$(DEMO_ENV) $(PY) results/report.py --experiment cost-demo --out $(DEMO)/report
+	$(DEMO_ENV) $(PY) results/compare.py --config configs/tiny_synthetic.yaml --archs $(ARCHS) --name demo \
+		--out $(DEMO)/report data.store=$(DEMO)/store
 	@echo "Plots: $(DEMO)/report/analysis/*/*.png. MLflow UI: run 'make mlflow-ui' and open http://127.0.0.1:5000"
 
 mlflow-ui: install

@@ -35,9 +35,10 @@ def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = Fal
 
 
 @contextmanager
-def ray_session(address: str | None, num_cpus: int, *, log_to_driver: bool = False) -> Iterator[None]:
+def ray_session(address: str | None, num_cpus: int, *, log_to_driver: bool = False,
+                quiet: bool = False) -> Iterator[None]:
     """``connect_ray`` for the block; Ray is shut down after it only if it was started here."""
-    started = connect_ray(address, num_cpus, log_to_driver=log_to_driver)
+    started = connect_ray(address, num_cpus, log_to_driver=log_to_driver, quiet=quiet)
     try:
         yield
     finally:

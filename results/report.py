@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -165,17 +166,35 @@ def _cell(row: dict, name: str) -> str:
     return f"{text} ± {std:.1f}" if std is not None else text
 
 
+HEAD = ["Dataset", "Model", "Arch", "Frames", "Test protocol", "Runs", "Params (M)", "GFLOPs", "Train clips/s",
+        "Val top-1", "Val top-5", "Test top-1", "Test top-5", "Paper top-1", "Paper top-5"]
+
+
+def cells(r: dict) -> list[str]:
+    """One table row's cells, in HEAD's order."""
+    arch = ARCH_NAMES.get(r["arch"], r["arch"]) + (" unshared" if r["kernels"] == "unshared" else "")
+    return [r["dataset"], r["model"], arch, str(r["frames"]), r["protocol"], str(r["runs"]),
+            _cell(r, "params_m"), _cell(r, "gflops"), _cell(r, "clips_per_s"),
+            *(_cell(r, m) for m in ACCURACY), r["paper_top1"] or "-", r["paper_top5"] or "-"]
+
+
 def markdown(rows: list[dict]) -> str:
-    head = ["Dataset", "Model", "Arch", "Frames", "Test protocol", "Runs", "Params (M)", "GFLOPs", "Train clips/s",
-            "Val top-1", "Val top-5", "Test top-1", "Test top-5", "Paper top-1", "Paper top-5"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        arch = ARCH_NAMES.get(r["arch"], r["arch"]) + (" unshared" if r["kernels"] == "unshared" else "")
-        cells = [r["dataset"], r["model"], arch, str(r["frames"]), r["protocol"], str(r["runs"]),
-                 _cell(r, "params_m"), _cell(r, "gflops"), _cell(r, "clips_per_s"),
-                 *(_cell(r, m) for m in ACCURACY), r["paper_top1"] or "-", r["paper_top5"] or "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    return "\n".join(lines + ["| " + " | ".join(cells(r)) + " |" for r in rows])
+
+
+def html(title: str, rows: list[dict], notes: str) -> str:
+    """The table as a page MLflow's artifact viewer renders (it shows .md files as plain text)."""
+    def tr(tag: str, items: list[str]) -> str:
+        return "<tr>" + "".join(f"<{tag}>{escape(x)}</{tag}>" for x in items) + "</tr>"
+
+    style = ("body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+             "padding:3px 8px;text-align:right}td:nth-child(-n+5),th{text-align:left}")
+    body = "\n".join([tr("th", HEAD), *(tr("td", cells(r)) for r in rows)])
+    paragraphs = "".join(f"<p>{escape(p)}</p>" for p in notes.split("\n\n") if p.strip())
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{style}</style></head><body><h1>{escape(title)}</h1><table id='comparison'>\n{body}\n"
+            f"</table>{paragraphs}</body></html>\n")
 
 
 NOTES = """Accuracy in %: val is the single-clip validation after the last epoch (centre crop); test is the
@@ -244,9 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"## View coefficients (paper Figs. 7-8)\n\n"
             f"{views or 'no CoST runs'}\n")
     (out / "report.md").write_text(text)
+    (out / "report.html").write_text(html(f"{args.experiment}: {len(runs)} runs", rows,
+                                          NOTES.format(hardware=hardware, paper=PAPER_PROTOCOL) + "\n\n" + notes))
     write_csv(rows, out / "report.csv")
     print(text)
-    print(f"[report] {out / 'report.md'}, {out / 'report.csv'}; plots under {out / 'analysis'}")
+    print(f"[report] {out / 'report.md'}, {out / 'report.html'}, {out / 'report.csv'}; plots under {out / 'analysis'}")
     if not args.no_log:
         client = tracking.client(uri)
         run = client.create_run(tracking.experiment_id(uri, args.experiment), run_name="report",

@@ -106,6 +106,17 @@ def ray_cluster() -> Iterator[RayCluster]:
 
 
 @pytest.fixture(scope="session")
+def appearance_store(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The synthetic appearance dataset, 4 classes of 12 training and 3 validation videos, prepared."""
+    from pipeline.prepare import main as prepare
+
+    root = tmp_path_factory.mktemp("appearance")
+    assert prepare(["--dataset", "synthetic", "--synthetic-kind", "appearance", "--classes", "4",
+                    "--videos-per-class", "12", "--root", str(root / "src"), "--out", str(root / "store")]) == 0
+    return str(root / "store")
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow")
     proc, url = start_mlflow(root, f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri(), {})

@@ -65,6 +65,7 @@ class Worker:
         self.cfg = from_dict(TrainConfig, ctx.config)
         if not ctx.verbose:  # Ray 2.60 logs each report under a file path, which LoggingConfig does not reach
             logging.getLogger().setLevel(logging.WARNING)
+            logging.getLogger("mlflow").setLevel(logging.WARNING)  # e.g. its system metrics' start and stop
         info = ray.train.get_context()
         self.rank, self.world = info.get_world_rank(), info.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -194,12 +195,14 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(hash((t.seed, w.rank, ts.step)) % 2**31)
     if saved:
         w.say(f"resumed from checkpoint at epoch {ts.epoch + 1}, step {ts.step}")
-    while ts.epoch < t.epochs and not (ctx.stop_at_epoch and ts.epoch >= ctx.stop_at_epoch):
-        started = time.monotonic()
-        losses = train_epoch(w, ts, restored=saved is not None)
-        end_epoch(w, ts, losses, time.monotonic() - started)
-    if ts.epoch >= t.epochs and t.test_at_end:
-        w.report(ts, checkpoint=False, extra=w.test(ts.model, ts.step))
+    every_s = w.cfg.tracking.system_metrics_s if w.rank == 0 else 0
+    with tracking.system_metrics(ctx.tracking_uri, ctx.run_id, every_s):
+        while ts.epoch < t.epochs and not (ctx.stop_at_epoch and ts.epoch >= ctx.stop_at_epoch):
+            started = time.monotonic()
+            losses = train_epoch(w, ts, restored=saved is not None)
+            end_epoch(w, ts, losses, time.monotonic() - started)
+        if ts.epoch >= t.epochs and t.test_at_end:
+            w.report(ts, checkpoint=False, extra=w.test(ts.model, ts.step))
 
 
 def train_epoch(w: Worker, ts: TrainState, *, restored: bool) -> list[torch.Tensor]:

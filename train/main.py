@@ -189,6 +189,8 @@ def open_run(args: argparse.Namespace, cfg: TrainConfig, state: dict | None, sto
             "mode": "eval" if args.eval_only else "train", "init": init_kind(m),
             "test_protocol": cfg.data.test_protocol}
     run_id, resumed = tracking.open_run(uri, cfg, name, flatten(cfg), tags, to_yaml(cfg))
+    if not resumed:
+        tracking.log_store(uri, run_id, store.manifest, store.url, "evaluation" if args.eval_only else "training")
     return name, run_id, resumed
 
 

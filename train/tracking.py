@@ -9,10 +9,11 @@ driver survives.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from pipeline.store import endpoint_options
 from train.config import ConfigError
@@ -37,14 +38,22 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+# The MLflow UI opens an experiment in the view this tag names; untagged, it may guess the GenAI
+# (traces) view. Ours hold training runs.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_id(uri: str, name: str) -> str:
+    """The experiment ``name``, created if new, tagged as model training either way."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    # A local SQLite store keeps artifacts beside it, not in whatever folder the job runs in.
-    location = f"file://{os.path.join(HOME, 'mlartifacts')}" if uri.startswith("sqlite:") else None
-    return c.create_experiment(name, artifact_location=location)
+    if exp is None:
+        # A local SQLite store keeps artifacts beside it, not in whatever folder the job runs in.
+        location = f"file://{os.path.join(HOME, 'mlartifacts')}" if uri.startswith("sqlite:") else None
+        return c.create_experiment(name, artifact_location=location, tags={KIND_TAG: KIND})
+    if exp.tags.get(KIND_TAG) != KIND:
+        c.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
+    return exp.experiment_id
 
 
 def open_run(uri: str, cfg: TrainConfig, name: str, params: Mapping[str, object], tags: Mapping[str, str],
@@ -80,6 +89,38 @@ def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) 
 
     now = int(time.time() * 1000)
     client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def log_store(uri: str, run_id: str, manifest: Mapping, url: str, context: str) -> None:
+    """The frame store as the run's dataset input (the UI's Dataset column): named after its folder,
+    its digest the input fingerprint prepare.py gave it, its profile the per-split counts."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    counts = {split: {k: v for k, v in info.items() if k in ("videos", "rows", "frames")}
+              for split, info in manifest["splits"].items()}
+    dataset = Dataset(name=f"{manifest['dataset']}:{url.rstrip('/').rsplit('/', 1)[-1]}",
+                      digest=manifest["input_fingerprint"], source_type="s3" if url.startswith("s3://") else "local",
+                      source=json.dumps({"uri": url}), profile=json.dumps(counts))
+    client(uri).log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
+
+@contextlib.contextmanager
+def system_metrics(uri: str, run_id: str, every_s: float) -> Iterator[None]:
+    """MLflow's own system metrics of this node (``system/...``) every ``every_s`` seconds while the
+    block runs, continuing the run's earlier steps on a resume; ``every_s`` 0: none."""
+    if not every_s:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=every_s, resume_logging=True, tracking_uri=uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def close_run(uri: str, run_id: str, status: str) -> None:

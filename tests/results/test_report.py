@@ -86,7 +86,10 @@ def test_report_groups_runs_beside_the_papers_numbers(experiment, mlflow_server,
 
     (report_run,) = client.search_runs([exp], "tags.mode = 'report'")
     logged = {f.path for f in client.list_artifacts(report_run.info.run_id)}
-    assert {"report.md", "report.csv", "analysis"} <= logged
+    assert {"report.md", "report.html", "report.csv", "analysis"} <= logged
+    page = (out / "report.html").read_text()  # the table the UI's artifact viewer renders
+    assert page.count("<tr>") == 1 + len(rows) and "<td>CoST(b) unshared</td>" in page
+    assert "<td>71.0 ± 1.4</td>" in page and "softmax averaged per video" in page
     assert client.list_artifacts(report_run.info.run_id, "analysis/k400-cost_b")
 
 

@@ -2,6 +2,7 @@
 DDP training that learns, tracking, eval-only, resume, a killed worker, bad configs. (`ray job submit`
 runs on the 2-node cluster of tests/cluster/test_local_cluster.py.)"""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,12 +29,9 @@ SMALL = ["data.frames=4", "data.stride=8", "data.test_clips=4", "data.flip=true"
 STEPS_PER_EPOCH = 12  # 48 videos x 8 clips each, over 2 workers x 16 clips
 
 
-@pytest.fixture(scope="module")
-def store(ray_cluster, tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("appearance")
-    assert prepare(["--dataset", "synthetic", "--synthetic-kind", "appearance", "--classes", "4",
-                    "--videos-per-class", "12", "--root", str(root / "src"), "--out", str(root / "store")]) == 0
-    return str(root / "store")
+@pytest.fixture
+def store(appearance_store) -> str:
+    return appearance_store
 
 
 def args(store: str, mlflow_server: str, tmp_path: Path, *extra: str) -> list[str]:
@@ -54,7 +52,8 @@ def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 
 def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path, capsys):
     assert clips_per_epoch(Store(store), "train", 8) == STEPS_PER_EPOCH * 2 * 16
-    assert main(args(store, mlflow_server, tmp_path, "name=learn", "trainer.epochs=4", "trainer.log_every=4")) == 0
+    assert main(args(store, mlflow_server, tmp_path, "name=learn", "trainer.epochs=4", "trainer.log_every=4",
+                     "tracking.system_metrics_s=1")) == 0
     # Before it starts, the run says what it will do in the paper's units: clips and iterations.
     assert "48 videos x 8 clip(s) = 384 clips per epoch; 4 epochs = 1,536 clips in 48 iterations of 32 clips " \
            "(2 workers x 16); lr drops at iterations 24, 36" in capsys.readouterr().out
@@ -73,9 +72,17 @@ def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path, caps
     assert [v for _, v in history(mlflow_server, rid, "epoch")] == [1, 2, 3, 4]
     assert run.data.metrics["val_top1"] >= 0.6  # 4 classes: chance is 0.25
     assert run.data.metrics["test_top1"] >= 0.6 and run.data.metrics["test_videos"] == 12
-    for key in ("lr", "clips_per_s", "data_wait", "val_loss", "val_top5", "test_top5"):
+    for key in ("lr", "clips_per_s", "data_wait", "val_loss", "val_top5", "test_top5",
+                "system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
         assert key in run.data.metrics
     client = MlflowClient(mlflow_server)
+    # The UI opens the experiment's training runs, and shows the store as the run's dataset.
+    assert client.get_experiment_by_name("tests").tags["mlflow.experimentKind"] == "custom_model_development"
+    (given,) = run.inputs.dataset_inputs
+    assert given.dataset.digest == Store(store).manifest["input_fingerprint"]
+    assert given.dataset.name == "synthetic:store" and store in given.dataset.source
+    assert json.loads(given.dataset.profile)["train"]["videos"] == 48
+    assert {t.key: t.value for t in given.tags}["mlflow.data.context"] == "training"
     artifacts = {a.path for a in client.list_artifacts(rid)}
     assert {"config.yaml", "test_scores.parquet", "analysis"} <= artifacts
     analysis = {a.path for a in client.list_artifacts(rid, "analysis")}
