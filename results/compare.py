@@ -8,7 +8,7 @@
 Each member is ``train/main.py`` with ``model.arch=ARCH trainer.seed=SEED name=PREFIX-ARCH-sSEED``, so
 it is tracked, checkpointed, stopped and resumed like any run. A member already FINISHED in MLflow is
 not trained again: the same command re-runs only what failed or was stopped, then reports. Members
-run side by side as far as the cluster's free CPUs and GPUs hold them (``--parallel`` caps that),
+run side by side as far as the cluster's CPUs and GPUs hold them (``--parallel`` caps that),
 one after another otherwise, all on one Ray cluster: the one named, a running one, or one started
 here for the whole comparison.
 """
@@ -43,7 +43,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=1, help="runs per arch, trainer.seed 0..N-1 (default 1)")
     p.add_argument("--name", default=None, help="members' name prefix (default: the experiment's name)")
     p.add_argument("--parallel", type=int, default=0, help="at most this many members at once (default: as "
-                                                            "many as the cluster's free resources hold)")
+                                                            "many as the cluster's resources hold)")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, a running one, "
                                                    "or a new local one for the whole comparison)")
     p.add_argument("--num-cpus", type=int, default=0, help="CPUs of a local Ray instance started here")
@@ -78,14 +78,15 @@ def finished(uri: str, experiment: str, name: str) -> bool:
 
 
 def side_by_side(cfg: TrainConfig, cap: int, todo: int) -> int:
-    """How many members the cluster's free CPUs and GPUs hold at once (at least 1, at most ``cap``)."""
+    """How many members the cluster's CPUs and GPUs hold at once (at least 1, at most ``cap``). Its
+    capacity, not what is free this instant: a member that finds the room taken waits for it."""
     import ray
 
     t = cfg.trainer
-    free = ray.available_resources()
-    fits = [free.get("CPU", 0) / (t.num_workers * t.cpus_per_worker + cfg.data.loader_cpus)]
+    room = ray.cluster_resources()
+    fits = [room.get("CPU", 0) / (t.num_workers * t.cpus_per_worker + cfg.data.loader_cpus)]
     if t.use_gpu:
-        fits.append(free.get("GPU", 0) / t.num_workers)
+        fits.append(room.get("GPU", 0) / t.num_workers)
     return max(1, min(math.floor(min(fits)), cap or todo, todo))
 
 
