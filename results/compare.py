@@ -71,10 +71,8 @@ def members(args: argparse.Namespace) -> tuple[TrainConfig, list[tuple[str, list
 
 
 def finished(uri: str, experiment: str, name: str) -> bool:
-    found = tracking.client(uri).search_runs(
-        [tracking.experiment_id(uri, experiment)],
-        filter_string=f"tags.`{tracking.NAME_TAG}` = '{name}' and attributes.status = 'FINISHED'", max_results=1)
-    return bool(found)
+    run = tracking.find_run(uri, tracking.experiment_id(uri, experiment), name)
+    return run is not None and run.info.status == "FINISHED"
 
 
 def side_by_side(cfg: TrainConfig, cap: int, todo: int) -> int:

@@ -56,14 +56,19 @@ def experiment_id(uri: str, name: str) -> str:
     return exp.experiment_id
 
 
+def find_run(uri: str, exp_id: str, name: str):  # -> mlflow.entities.Run | None
+    """The run named ``name`` (tag ``cost.run_name``) in experiment ``exp_id``, if there is one."""
+    found = client(uri).search_runs([exp_id], filter_string=f"tags.`{NAME_TAG}` = '{name}'", max_results=1)
+    return found[0] if found else None
+
+
 def open_run(uri: str, cfg: TrainConfig, name: str, params: Mapping[str, object], tags: Mapping[str, str],
              config_yaml: str) -> tuple[str, bool]:
     """(run id, resumed): the run named ``name``, created with params, tags and config.yaml if new."""
     c = client(uri)
     exp = experiment_id(uri, cfg.tracking.experiment)
-    found = c.search_runs([exp], filter_string=f"tags.`{NAME_TAG}` = '{name}'", max_results=1)
-    if found:
-        run = found[0]
+    run = find_run(uri, exp, name)
+    if run is not None:
         if run.info.status == "FINISHED":
             raise ConfigError(f"config key 'name': run {name!r} already finished in experiment "
                               f"{cfg.tracking.experiment!r}; choose another name to train again")
@@ -103,7 +108,15 @@ def log_store(uri: str, run_id: str, manifest: Mapping, url: str, context: str) 
     dataset = Dataset(name=f"{manifest['dataset']}:{url.rstrip('/').rsplit('/', 1)[-1]}",
                       digest=manifest["input_fingerprint"], source_type="s3" if url.startswith("s3://") else "local",
                       source=json.dumps({"uri": url}), profile=json.dumps(counts))
-    client(uri).log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+    given = [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
+    try:
+        client(uri).log_inputs(run_id, given)
+    except Exception as e:  # MlflowException
+        # Runs logging the same new store at once (results/compare.py) race to insert its row in
+        # MLflow's dataset table; the loser's retry links the winner's row.
+        if "UNIQUE constraint" not in str(e) and "duplicate key" not in str(e):
+            raise
+        client(uri).log_inputs(run_id, given)
 
 
 @contextlib.contextmanager
