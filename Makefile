@@ -25,6 +25,7 @@ lint: install
 
 # The demo is self-contained: its MLflow store, checkpoints and reports live under $(DEMO)/home.
 DEMO_ENV = COST_HOME=$(abspath $(DEMO))/home RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
+DEMO_DB = sqlite:///$(abspath $(DEMO))/home/mlflow.db
 ARCHS   ?= c2d,c3d,cost_a,cost_b
 
 demo: install
@@ -33,10 +34,12 @@ demo: install
 		--videos-per-class 75 --stride 4 --root $(DEMO)/motion --out $(DEMO)/store
 	$(DEMO_ENV) $(PY) results/compare.py --config configs/tiny_synthetic.yaml --archs $(ARCHS) --name demo \
 		--out $(DEMO)/report data.store=$(DEMO)/store
-	@echo "Plots: $(DEMO)/report/analysis/*/*.png. MLflow UI: run 'make mlflow-ui' and open http://127.0.0.1:5000"
+	@echo "Plots: $(DEMO)/report/analysis/*/*.png. MLflow UI: run 'make mlflow-ui' and open the link it prints"
 
 mlflow-ui: install
-	$(DEMO_ENV) $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(DEMO))/home/mlflow.db \
+	@$(DEMO_ENV) $(PY) -c 'from train import tracking as t; print("Open", t.ui_url("http://127.0.0.1:5000", \
+		t.experiment_id("$(DEMO_DB)", "cost-demo")))'
+	$(DEMO_ENV) $(VENV)/bin/mlflow ui --backend-store-uri $(DEMO_DB) \
 		--host 127.0.0.1 --port 5000 --workers 1
 
 clean:

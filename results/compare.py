@@ -88,13 +88,15 @@ def side_by_side(cfg: TrainConfig, cap: int, todo: int) -> int:
     return max(1, min(math.floor(min(fits)), cap or todo, todo))
 
 
-def run_member(name: str, argv: list[str], env: dict[str, str], prefix: bool) -> int:
-    """``train/main.py`` in its own process, its lines passed on (prefixed with its name when
-    members run side by side); its exit status."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train" / "main.py"), *argv], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
+def run_member(name: str, argv: list[str], env: dict[str, str], alone: bool) -> int:
+    """``train/main.py`` in its own process; its exit status. Alone, it has the console to itself (a
+    terminal keeps its progress bar); side by side, its lines are passed on prefixed with its name."""
+    cmd = [sys.executable, str(ROOT / "train" / "main.py"), *argv]
+    if alone:
+        return subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
     for line in proc.stdout:
-        sys.stdout.write(f"[{name}] {line}" if prefix else line)
+        sys.stdout.write(f"[{name}] {line}")
         sys.stdout.flush()
     return proc.wait()
 
@@ -121,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[compare] {len(todo)} run(s), {width} at a time: {', '.join(name for name, _ in todo)}",
                   flush=True)
             with ThreadPoolExecutor(width) as pool:
-                codes = list(pool.map(lambda m: run_member(*m, env, width > 1), todo))
+                codes = list(pool.map(lambda m: run_member(*m, env, width == 1), todo))
             failed = [name for (name, _), code in zip(todo, codes, strict=True) if code != 0]
     if failed:
         print(f"[compare] failed or stopped: {', '.join(failed)}; run the same command again to finish them",

@@ -275,6 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.log_artifacts(run.info.run_id, str(out))
         client.set_terminated(run.info.run_id)
         print(f"[report] logged to MLflow run {run.info.run_id} ('report') in experiment {args.experiment!r}")
+        if uri.startswith(("http://", "https://")):
+            exp_id = run.info.experiment_id
+            print(f"[report] in the MLflow UI: the runs {tracking.ui_url(uri, exp_id)}, the table "
+                  f"{tracking.ui_url(uri, exp_id, run.info.run_id, 'report.html')}")
     return 0
 
 

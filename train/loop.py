@@ -3,7 +3,8 @@
 One loop for CPU and GPU, one worker or many (DDP). Per step: a batch of augmented clips from
 this worker's split of the epoch's Ray Data stream, then the training core's step (train/core.py:
 forward with bf16 autocast on GPU, backward, gradient clipping, SGD). Every ``log_every`` steps
-rank 0 logs metrics to MLflow and prints a progress line; every ``checkpoint_every`` steps and at
+rank 0 logs metrics to MLflow and moves the driver's progress bar (a line, where the driver's console
+is not a terminal); every ``checkpoint_every`` steps and at
 each epoch end rank 0 saves the training state through ``ray.train.report``; every ``val_every``
 epochs (and after the last one) the single-clip validation runs, and after the last epoch the
 multi-clip test protocol. A restarted worker group (FailureConfig) and a re-run of the same run
@@ -55,6 +56,7 @@ class RunContext:
     checkpoint: str | None = None  # eval_loop: the checkpoint to test
     fault: str | None = None  # $COST_TRAIN_FAULT, a test hook (maybe_fault)
     verbose: bool = False  # main.py --verbose: Ray's own info lines on the console too
+    progress_bar: bool = False  # the driver's console is a terminal: a bar there, not a line per window
 
 
 class Worker:
@@ -184,6 +186,21 @@ def maybe_fault(spec: str | None, rank: int, step: int, restored: bool) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def progress_bar(w: Worker, ts: TrainState):
+    """Rank 0's bar over the whole run in clips (so its rate is clips/s and its ETA the run's), which
+    Ray draws on the driver's console; None where the driver prints lines instead."""
+    if not (w.ctx.progress_bar and w.rank == 0):
+        return None
+    from ray.experimental import tqdm_ray
+
+    t = w.cfg.trainer
+    per_step = t.batch_size * w.world
+    bar = tqdm_ray.tqdm(total=w.ctx.steps_per_epoch * t.epochs * per_step, unit=" clips",
+                        desc=f"epoch {ts.epoch + 1}/{t.epochs}")
+    bar.n = ts.step * per_step  # resumed: what is done already
+    return bar
+
+
 def train_loop(config: dict) -> None:
     ctx: RunContext = config["run"]
     w = Worker(ctx)
@@ -196,18 +213,22 @@ def train_loop(config: dict) -> None:
     if saved:
         w.say(f"resumed from checkpoint at epoch {ts.epoch + 1}, step {ts.step}")
     every_s = w.cfg.tracking.system_metrics_s if w.rank == 0 else 0
+    bar = progress_bar(w, ts)
     with tracking.system_metrics(ctx.tracking_uri, ctx.run_id, every_s):
         while ts.epoch < t.epochs and not (ctx.stop_at_epoch and ts.epoch >= ctx.stop_at_epoch):
             started = time.monotonic()
-            losses = train_epoch(w, ts, restored=saved is not None)
+            losses = train_epoch(w, ts, bar, restored=saved is not None)
             end_epoch(w, ts, losses, time.monotonic() - started)
+        if bar:
+            bar.close()
         if ts.epoch >= t.epochs and t.test_at_end:
             w.report(ts, checkpoint=False, extra=w.test(ts.model, ts.step))
 
 
-def train_epoch(w: Worker, ts: TrainState, *, restored: bool) -> list[torch.Tensor]:
+def train_epoch(w: Worker, ts: TrainState, bar, *, restored: bool) -> list[torch.Tensor]:
     """The rest of the epoch ``ts.epoch`` (all of it unless resumed inside it); its steps' losses.
-    Every ``log_every`` steps rank 0 logs the window's metrics and prints a progress line."""
+    Every ``log_every`` steps rank 0 logs the window's metrics and shows them on ``bar`` (or prints
+    them as a line, without one)."""
     cfg, t, steps_per_epoch = w.cfg, w.cfg.trainer, w.ctx.steps_per_epoch
     total = steps_per_epoch * t.epochs
     it = split_iterator(functools.partial(train_dataset, w.store, cfg.data, seed=t.seed, epoch=ts.epoch,
@@ -224,6 +245,8 @@ def train_epoch(w: Worker, ts: TrainState, *, restored: bool) -> list[torch.Tens
         waited += time.monotonic() - fetch
         losses.append(ts.train_step(w.step, batch["clip"], batch["label"]))
         maybe_fault(w.ctx.fault, w.rank, ts.step, restored)
+        if bar:
+            bar.update(t.batch_size * w.world)
         if ts.step % t.log_every == 0 or ts.epoch_step == steps_per_epoch:
             n = len(losses) - logged  # steps since the last log
             window_loss = mean_over_workers(torch.stack(losses[logged:]).mean(), w.world)
@@ -235,9 +258,12 @@ def train_epoch(w: Worker, ts: TrainState, *, restored: bool) -> list[torch.Tens
                 metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
             w.log(metrics, ts.step)
             eta = (total - ts.step) * seconds / n
-            w.say(f"epoch {ts.epoch + 1}/{t.epochs} step {ts.step}/{total} loss {window_loss:.4f} "
-                  f"lr {metrics['lr']:.2e} {metrics['clips_per_s']:.1f} clips/s data wait "
-                  f"{metrics['data_wait']:.0%} eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+            if bar:
+                bar.set_description(f"epoch {ts.epoch + 1}/{t.epochs} loss {window_loss:.4f}")
+            else:
+                w.say(f"epoch {ts.epoch + 1}/{t.epochs} step {ts.step}/{total} loss {window_loss:.4f} "
+                      f"lr {metrics['lr']:.2e} {metrics['clips_per_s']:.1f} clips/s data wait "
+                      f"{metrics['data_wait']:.0%} eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
             window_start, waited, logged = now, 0.0, len(losses)
         if ts.step % t.checkpoint_every == 0 and ts.epoch_step < steps_per_epoch:
             w.report(ts, checkpoint=True)

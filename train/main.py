@@ -241,6 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ray.shutdown()
         return 2
     print(f"[train] run {name!r} ({'resuming' if resumed else 'new'}), MLflow {uri} run {run_id}", flush=True)
+    if uri.startswith(("http://", "https://")):
+        exp_id = tracking.client(uri).get_run(run_id).info.experiment_id
+        print(f"[train] in the MLflow UI: {tracking.ui_url(uri, exp_id, run_id)}", flush=True)
     if not args.eval_only:
         print(f"[train] {schedule(cfg, store, clips, steps_per_epoch)}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `ray job stop`: end the MLflow run as KILLED
@@ -252,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ctx = RunContext(config=to_dict(cfg), run_id=run_id, tracking_uri=uri, steps_per_epoch=steps_per_epoch,
                          stop_at_epoch=args.stop_at_epoch, checkpoint=args.checkpoint,
-                         fault=os.environ.get("COST_TRAIN_FAULT"), verbose=args.verbose)
+                         fault=os.environ.get("COST_TRAIN_FAULT"), verbose=args.verbose,
+                         progress_bar=sys.stderr.isatty())
         status = fit(args, cfg, name, ctx)
         return 0
     except KeyboardInterrupt:

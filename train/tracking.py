@@ -56,6 +56,16 @@ def experiment_id(uri: str, name: str) -> str:
     return exp.experiment_id
 
 
+def ui_url(server: str, exp_id: str, run_id: str | None = None, artifact: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs (or of one run, or of one of its artifacts) on
+    ``server``. MLflow 3.17's UI opens experiments in the view of its GenAI / Model training switch,
+    not of their kind tag, and the switch starts on GenAI: the link sets it."""
+    page = f"{server.rstrip('/')}/#/experiments/{exp_id}"
+    if run_id:
+        page += f"/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
+    return page + "?workflowType=machine_learning"
+
+
 def find_run(uri: str, exp_id: str, name: str):  # -> mlflow.entities.Run | None
     """The run named ``name`` (tag ``cost.run_name``) in experiment ``exp_id``, if there is one."""
     found = client(uri).search_runs([exp_id], filter_string=f"tags.`{NAME_TAG}` = '{name}'", max_results=1)

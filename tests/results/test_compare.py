@@ -1,8 +1,11 @@
 """results/compare.py on the session's Ray cluster and MLflow server: two archs side by side, the
-report, and a second call that trains only the member that did not finish."""
+report, a second call that trains only the member that did not finish, and what a user's browser
+shows of them in the MLflow UI (headless Chromium; screenshots under test-artifacts/browser/)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,7 +47,8 @@ def test_the_comparison_trains_each_member_once_and_reports(store, mlflow_server
     a, b = runs.values()
     assert a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time
     printed = capsys.readouterr().out
-    assert "2 run(s), 2 at a time" in printed and "[cmp-c3d-s0] [train]" in printed
+    assert "2 run(s), 2 at a time" in printed
+    assert "[cmp-c3d-s0] [train] epoch 1/1 step 3/3 loss" in printed  # side by side: lines, not bars
     assert "| synthetic | blocks 1-1-1-1 w16 | C3D |" in printed  # the report's table
 
     # A member that did not finish is trained again by the same command; the finished one is not.
@@ -72,3 +76,79 @@ def test_a_bad_member_fails_before_ray_starts(store, mlflow_server, tmp_path, mo
     with pytest.raises(SystemExit):
         main(["--config", str(ROOT / "configs" / "tiny_synthetic.yaml"), "--archs", "c2d,resnet"])
     assert "--archs takes c2d, c3d, cost_a, cost_b (got resnet)" in capsys.readouterr().err
+
+
+def chromium():
+    """Headless Chromium through Debian's chromium and chromium-driver (.ci/run installs them)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver, browser = shutil.which("chromedriver"), shutil.which("chromium")
+    if not (driver and browser):
+        pytest.fail("the browser test needs Debian's chromium and chromium-driver: apt-get install chromium "
+                    "chromium-driver (.ci/run does)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1600,1000"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def shown(browser, url: str, *texts: str, frame: bool = False, shot: Path) -> str:
+    """Opens ``url``, waits until the page (or, with ``frame``, its artifact viewer's frame) shows
+    every one of ``texts``, screenshots it to ``shot``, and returns the text shown."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def text(b) -> str:
+        b.switch_to.default_content()
+        if frame:
+            frames = b.find_elements(By.TAG_NAME, "iframe")
+            if not frames:
+                return ""
+            b.switch_to.frame(frames[0])
+        return b.find_element(By.TAG_NAME, "body").text
+
+    browser.get(url)
+    try:
+        WebDriverWait(browser, 90, poll_frequency=1).until(lambda b: all(t in text(b) for t in texts))
+    except TimeoutException:
+        browser.save_screenshot(str(shot))
+        pytest.fail(f"{url} did not show {texts} in 90 s (screenshot {shot}); it shows:\n{text(browser)[:2000]}")
+    body = text(browser)
+    browser.switch_to.default_content()
+    browser.save_screenshot(str(shot))
+    return body
+
+
+def test_the_mlflow_ui_shows_the_training_runs_their_dataset_and_the_table(store, mlflow_server, tmp_path, capsys):
+    assert main(args(store, mlflow_server, tmp_path)) == 0  # trains only what an earlier test did not
+    printed = capsys.readouterr().out
+    runs = members(mlflow_server)
+    client = MlflowClient(mlflow_server)
+    exp = runs["cmp-c2d-s0"].info.experiment_id
+    (report,) = client.search_runs([exp], "tags.mode = 'report'", order_by=["attributes.start_time DESC"],
+                                   max_results=1)
+    ui = f"{mlflow_server}/#/experiments/{exp}"
+    table = f"{ui}/runs/{report.info.run_id}/artifacts/report.html?workflowType=machine_learning"
+    assert f"the runs {ui}?workflowType=machine_learning, the table {table}" in printed  # the links a user gets
+    shots = Path(os.environ.get("COST_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    browser = chromium()
+    try:
+        # The experiment opens on its training runs, each with the store as its training dataset.
+        page = shown(browser, f"{ui}?workflowType=machine_learning", "cmp-c2d-s0", "cmp-c3d-s0",
+                     "synthetic:store", shot=shots / "experiment.png")
+        assert "Training" in page and "Token Usage" not in page  # not the GenAI overview
+        # A training run's page: its tags, metrics and dataset.
+        c3d = runs["cmp-c3d-s0"]
+        page = shown(browser, f"{ui}/runs/{c3d.info.run_id}?workflowType=machine_learning", "cmp-c3d-s0",
+                     "test_top1", "synthetic:store", shot=shots / "run.png")
+        assert "c3d" in page
+        # The report run's table, rendered by the artifact viewer.
+        page = shown(browser, table, "C2D", "C3D", "synthetic", frame=True, shot=shots / "report.png")
+        assert "blocks 1-1-1-1 w16" in page
+    finally:
+        browser.quit()

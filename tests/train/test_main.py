@@ -2,9 +2,17 @@
 DDP training that learns, tracking, eval-only, resume, a killed worker, bad configs. (`ray job submit`
 runs on the 2-node cluster of tests/cluster/test_local_cluster.py.)"""
 
+import fcntl
 import json
+import os
+import pty
+import re
+import select
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import mlflow
@@ -109,15 +117,43 @@ def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path, caps
     assert ev.data.metrics["test_loss"] == pytest.approx(run.data.metrics["test_loss"], rel=1e-4)
 
 
-def test_the_console_shows_the_runs_lines_and_not_rays_info_lines(store, mlflow_server, tmp_path):
+def in_terminal(cmd: list[str], timeout: float) -> tuple[int, str]:
+    """``cmd`` with a pseudo-terminal (120 columns) as its console, as a user's shell runs it: its exit
+    status and everything it showed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    shown, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 1)[0]:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the command and all it started have closed the terminal
+                break
+            if not data:
+                break
+            shown.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(timeout=60), b"".join(shown).decode(errors="replace")
+
+
+def test_the_console_shows_a_progress_bar_and_not_rays_info_lines(store, mlflow_server, tmp_path):
     """What a user's terminal shows: the command as a user runs it, joining the session's cluster."""
-    done = subprocess.run([sys.executable, str(ROOT / "train" / "main.py"),
-                           *args(store, mlflow_server, tmp_path, "name=console", "trainer.epochs=1",
-                                 "trainer.test_at_end=false", "tracking.log_model=false")],
-                          capture_output=True, text=True, timeout=900)
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-3000:]
-    assert "[train] epoch 1/1 done" in out  # the workers' own lines reach the console
+    code, out = in_terminal([sys.executable, str(ROOT / "train" / "main.py"),
+                             *args(store, mlflow_server, tmp_path, "name=console", "trainer.epochs=2",
+                                   "trainer.log_every=4", "trainer.test_at_end=false", "tracking.log_model=false")],
+                            timeout=900)
+    assert code == 0, out[-3000:]
+    assert "[train] epoch 1/2 done" in out and "[train] epoch 2/2 done" in out  # the workers' own lines
+    # One bar over the run: the epoch and the loss, the clips done of all, clips/s and the time left.
+    bars = re.findall(r"epoch (\d)/2 loss \d\.\d{4}: +(\d+)%\|.*?\| *(\d+)/768 \[[\d:]+<[\d:?]+, +[\d.]+ clips/s\]",
+                      out)
+    assert bars and bars[-1][1:] == ("100", "768"), out[-3000:]
+    assert {b[0] for b in bars} == {"1", "2"}
+    assert "step 4/24" not in out  # the progress lines a non-terminal console gets instead
     for line in ("Reporting training result", "Checkpoint successfully created", "Wrapping provided model",
                  "execution finished in", "Progress bars disabled", "Connecting to existing Ray cluster"):
         assert line not in out, f"{line!r} shows without --verbose"
