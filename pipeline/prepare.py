@@ -80,6 +80,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds before one video's decode is abandoned")
     p.add_argument("--s3-endpoint", default=os.environ.get("COST_S3_ENDPOINT"),
                    help="S3-compatible endpoint URL for s3:// paths (default: AWS)")
+    p.add_argument("--verbose", action="store_true", help="Ray's own info lines too")
     p.add_argument("--overwrite", action="store_true", help="replace a store made from other inputs or settings")
     p.add_argument("--shared-storage", action="store_true",
                    help="local --root/--out paths are on a filesystem every Ray node mounts (NFS, EFS, ...)")
@@ -268,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = [s for s in shards if not url_exists(s.url, opts)]
     total = sum(len(s.videos) for s in shards)
     done = total - sum(len(s.videos) for s in todo)
-    with ray_session(args.address, args.num_cpus) if todo else contextlib.nullcontext():
+    with ray_session(args.address, args.num_cpus, quiet=not args.verbose) if todo else contextlib.nullcontext():
         problem = None if args.shared_storage or not todo else unshared_paths({"--root": args.root, "--out": out},
                                                                                "--shared-storage")
         if problem:

@@ -13,6 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# Ray's lines that a console without --verbose leaves out: the local cluster's token note, and
+# Ray Data's notes on the progress bars we turn off and on each finished execution. Their warnings stay.
+QUIET = {"ray._private.authentication": logging.ERROR, "ray.data._internal.progress": logging.ERROR,
+         "ray.data._internal.execution.streaming_executor": logging.WARNING}
+
 
 def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = False, quiet: bool = False) -> bool:
     """Join the named or running cluster, else start a local one; True if started here. ``quiet``:
@@ -21,6 +26,9 @@ def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = Fal
 
     if ray.is_initialized():
         return False
+    if quiet:
+        for name, level in QUIET.items():
+            logging.getLogger(name).setLevel(level)
     options = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING if quiet else logging.INFO)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -103,6 +103,8 @@ def run_member(name: str, argv: list[str], env: dict[str, str], alone: bool) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.verbose:
+        tracking.quiet_mlflow()
     try:
         cfg, todo = members(args)
     except ConfigError as e:

@@ -8,7 +8,9 @@ rounds; each round is a Ray Data task per shard, in an order shuffled per round,
 shard's footer once, draws one clip for each of its videos and reads just the rows drawn. Shards
 hold videos shuffled at prepare time, so a batch holds distinct videos of random classes; the k
 clips of one video come from k rounds, 1/k of an epoch apart. Each worker also mixes clips in a
-local shuffle buffer. Cost: a clip reads its whole phase row, about row length / frames times the
+local shuffle buffer. Short epochs run as one stream (``epochs_per_stream``): Ray Data starts once
+for them, not once per epoch, and a worker's clips left over at an epoch's last full batch open the
+next epoch. Cost: a clip reads its whole phase row, about row length / frames times the
 clip's own JPEG bytes (4.6x for 10 s Kinetics videos at stride 8; bench/batches.py measures it).
 
 Randomness is reproducible: a clip's place, crop and flip come from an RNG seeded by (seed, epoch,
@@ -35,6 +37,7 @@ from train.sampling import eval_clip_indices, train_clip_in_rows
 from train.settings import DataConfig
 
 EVAL_COLUMNS = ["video_id", "label", "phase", "num_phases", "height", "width", "frames"]
+STREAM_TASKS = 2048  # most tasks in one training stream (epochs_per_stream)
 
 
 def clip_rng(seed: int, epoch: int, video_id: str, round_: int, resumed_at: int = 0) -> np.random.Generator:
@@ -100,8 +103,10 @@ def video_clips(rows: dict[int, list[bytes]], num_phases: int, height: int, widt
 
 
 def _shard_clips(batch: dict[str, np.ndarray], cfg: DataConfig, storage_options: dict, **draw) -> Iterator[dict]:
-    for url, round_ in zip(batch["url"], batch["round"], strict=True):
-        yield from shard_clips(str(url), int(round_), cfg, storage_options, **draw)
+    for url, round_, epoch, resumed_at in zip(batch["url"], batch["round"], batch["epoch"], batch["resumed_at"],
+                                              strict=True):
+        yield from shard_clips(str(url), int(round_), cfg, storage_options, epoch=int(epoch),
+                               resumed_at=int(resumed_at), **draw)
 
 
 def task_dataset(items: list[dict]):  # -> ray.data.Dataset
@@ -118,17 +123,35 @@ def epoch_plan(store: Store, cfg: DataConfig, *, seed: int, epoch: int, resumed_
     return [{"url": urls[i], "round": r} for r in range(cfg.clips_per_video) for i in rng.permutation(len(urls))]
 
 
-def train_dataset(store: Store, cfg: DataConfig, *, seed: int, epoch: int, resumed_at: int = 0):  # -> ray.data.Dataset
-    """One epoch of augmented training clips: columns ``clip`` (T, H, W, 3) uint8, ``label`` and
-    ``video`` (``video_key``)."""
-    ds = task_dataset(epoch_plan(store, cfg, seed=seed, epoch=epoch, resumed_at=resumed_at)).map_batches(
+def stream_plan(store: Store, cfg: DataConfig, *, seed: int, epoch: int, resumed_at: int, epochs: int) -> list[dict]:
+    """The tasks of ``epochs`` epochs from ``epoch`` on, each epoch's plan after the previous one's."""
+    return [dict(task, epoch=e, resumed_at=r) for e in range(epoch, epoch + epochs)
+            for r in [resumed_at if e == epoch else 0]
+            for task in epoch_plan(store, cfg, seed=seed, epoch=e, resumed_at=r)]
+
+
+def train_dataset(store: Store, cfg: DataConfig, *, seed: int, epoch: int, resumed_at: int = 0,
+                  epochs: int = 1):  # -> ray.data.Dataset
+    """``epochs`` epochs of augmented training clips from ``epoch`` on, as one stream: columns ``clip``
+    (T, H, W, 3) uint8, ``label`` and ``video`` (``video_key``). Each epoch's clips follow the
+    previous one's; ``resumed_at`` draws the first epoch anew."""
+    plan = stream_plan(store, cfg, seed=seed, epoch=epoch, resumed_at=resumed_at, epochs=epochs)
+    ds = task_dataset(plan).map_batches(
         _shard_clips, batch_size=1, num_cpus=cfg.loader_cpus,
-        fn_kwargs=dict(cfg=cfg, storage_options=store.storage_options, seed=seed, epoch=epoch,
-                       resumed_at=resumed_at, num_phases=store.manifest["params"]["num_phases"]))
+        fn_kwargs=dict(cfg=cfg, storage_options=store.storage_options, seed=seed,
+                       num_phases=store.manifest["params"]["num_phases"]))
     # One operator: per-operator resource reservations (against starving others) only idle CPUs here;
     # measured on 2 cores (bench/loader.py), they held the decode tasks to one at a time.
     ds.context.op_resource_reservation_enabled = False
     return ds
+
+
+def epochs_per_stream(store: Store, cfg: DataConfig, *, left: int) -> int:
+    """How many of the ``left`` epochs one training stream covers: as many as fit in ``STREAM_TASKS``
+    tasks, at least one. A stream's start costs seconds (Ray Data's executor, the split, the first
+    tasks): nothing beside an hour-long Kinetics epoch, a third of a small dataset's."""
+    tasks = len(store.shard_urls(cfg.train_split)) * cfg.clips_per_video
+    return max(1, min(left, STREAM_TASKS // tasks))
 
 
 def shard_videos(url: str, cfg: DataConfig, storage_options: dict, *, clips: int,

@@ -22,6 +22,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import ray.data
@@ -36,7 +37,7 @@ from train import tracking
 from train.checkpoints import load_state, make_model, read_weights, save_state
 from train.config import from_dict
 from train.core import Step, TrainState, optimizer
-from train.data import split_iterator, train_dataset
+from train.data import epochs_per_stream, split_iterator, train_dataset
 from train.evaluate import evaluate
 from train.models import load_2d_pretrained
 from train.models.pretrained import convert
@@ -67,7 +68,7 @@ class Worker:
         self.cfg = from_dict(TrainConfig, ctx.config)
         if not ctx.verbose:  # Ray 2.60 logs each report under a file path, which LoggingConfig does not reach
             logging.getLogger().setLevel(logging.WARNING)
-            logging.getLogger("mlflow").setLevel(logging.WARNING)  # e.g. its system metrics' start and stop
+            tracking.quiet_mlflow()
         info = ray.train.get_context()
         self.rank, self.world = info.get_world_rank(), info.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -214,33 +215,50 @@ def train_loop(config: dict) -> None:
         w.say(f"resumed from checkpoint at epoch {ts.epoch + 1}, step {ts.step}")
     every_s = w.cfg.tracking.system_metrics_s if w.rank == 0 else 0
     bar = progress_bar(w, ts)
+    last = min(t.epochs, ctx.stop_at_epoch or t.epochs)
+    stream_end = ts.epoch
     with tracking.system_metrics(ctx.tracking_uri, ctx.run_id, every_s):
-        while ts.epoch < t.epochs and not (ctx.stop_at_epoch and ts.epoch >= ctx.stop_at_epoch):
+        while ts.epoch < last:
+            if ts.epoch == stream_end:
+                batches, stream_end = training_stream(w, ts, last)
             started = time.monotonic()
-            losses = train_epoch(w, ts, bar, restored=saved is not None)
+            losses = train_epoch(w, ts, batches, bar, restored=saved is not None)
+            short = ts.epoch_step < w.ctx.steps_per_epoch
             end_epoch(w, ts, losses, time.monotonic() - started)
+            if short:  # the stream ran out: the next epoch starts one of its own
+                stream_end = ts.epoch
         if bar:
             bar.close()
         if ts.epoch >= t.epochs and t.test_at_end:
             w.report(ts, checkpoint=False, extra=w.test(ts.model, ts.step))
 
 
-def train_epoch(w: Worker, ts: TrainState, bar, *, restored: bool) -> list[torch.Tensor]:
-    """The rest of the epoch ``ts.epoch`` (all of it unless resumed inside it); its steps' losses.
-    Every ``log_every`` steps rank 0 logs the window's metrics and shows them on ``bar`` (or prints
-    them as a line, without one)."""
-    cfg, t, steps_per_epoch = w.cfg, w.cfg.trainer, w.ctx.steps_per_epoch
-    total = steps_per_epoch * t.epochs
+def training_stream(w: Worker, ts: TrainState, last: int) -> tuple[Iterator[dict], int]:
+    """This worker's batches of the epochs from ``ts.epoch`` on, as one Ray Data stream
+    (``epochs_per_stream`` of them, up to epoch ``last``), and the epoch the stream ends before. A
+    run resumed inside an epoch finishes that epoch on a stream of its own."""
+    cfg, t = w.cfg, w.cfg.trainer
+    epochs = 1 if ts.epoch_step else epochs_per_stream(w.store, cfg.data, left=last - ts.epoch)
     it = split_iterator(functools.partial(train_dataset, w.store, cfg.data, seed=t.seed, epoch=ts.epoch,
-                                          resumed_at=ts.epoch_step), w.rank, w.world, equal=True)
+                                          resumed_at=ts.epoch_step, epochs=epochs), w.rank, w.world, equal=True)
     batches = it.iter_torch_batches(batch_size=t.batch_size, drop_last=True, device=w.device,
                                     local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
                                     local_shuffle_seed=hash((t.seed, ts.epoch, ts.epoch_step, w.rank)) % 2**31)
+    return iter(batches), ts.epoch + epochs
+
+
+def train_epoch(w: Worker, ts: TrainState, batches: Iterator[dict], bar, *, restored: bool) -> list[torch.Tensor]:
+    """The rest of the epoch ``ts.epoch`` (all of it unless resumed inside it) from ``batches``; its
+    steps' losses. Every ``log_every`` steps rank 0 logs the window's metrics and shows them on
+    ``bar`` (or prints them as a line, without one)."""
+    t, steps_per_epoch = w.cfg.trainer, w.ctx.steps_per_epoch
+    total = steps_per_epoch * t.epochs
     ts.net.train()
     window_start, waited, losses, logged = time.monotonic(), 0.0, [], 0
     fetch = time.monotonic()
-    for batch in batches:
-        if ts.epoch_step >= steps_per_epoch:
+    while ts.epoch_step < steps_per_epoch:
+        batch = next(batches, None)
+        if batch is None:
             break
         waited += time.monotonic() - fetch
         losses.append(ts.train_step(w.step, batch["clip"], batch["label"]))

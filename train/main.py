@@ -14,7 +14,6 @@ against the store before Ray starts. Running a name again resumes it from its la
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -225,7 +224,7 @@ def fit(args: argparse.Namespace, cfg: TrainConfig, name: str, ctx) -> str:  # c
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.verbose:
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # e.g. its database-creation lines
+        tracking.quiet_mlflow()
     started_here = False
     try:
         cfg, state, store, clips, steps_per_epoch = checked(args)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,16 @@ from train.config import ConfigError
 from train.settings import HOME, TrainConfig
 
 NAME_TAG = "cost.run_name"
+
+
+def quiet_mlflow() -> None:
+    """MLflow's info lines (its database's creation, system metrics starting and stopping) and its
+    note on pickled models (pickled on purpose: they load without this checkout) off the console.
+    Importing MLflow sets its loggers' levels, so it is imported first."""
+    import mlflow  # noqa: F401
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
 
 def tracking_uri(configured: str | None = None) -> str:

@@ -5,7 +5,16 @@ import numpy as np
 import simplejpeg
 
 from pipeline.store import phase_rows, rows_to_table, write_shard
-from train.data import clip_rng, cut_clip, epoch_plan, shard_clips, video_clips
+from train.data import (
+    STREAM_TASKS,
+    clip_rng,
+    cut_clip,
+    epoch_plan,
+    epochs_per_stream,
+    shard_clips,
+    stream_plan,
+    video_clips,
+)
 from train.sampling import eval_clip_indices
 from train.settings import DataConfig
 
@@ -67,13 +76,15 @@ def test_clips_of_a_long_video_start_all_over_it(tmp_path):
     assert min(starts) < 15 and max(starts) > 90 and len({s % 4 for s in starts}) == 4  # every phase row
 
 
+class FakeStore:
+    def __init__(self, shards: int = 5):
+        self.manifest = {"splits": {"train": {"shards": [f"train/shard-{i:05d}.parquet" for i in range(shards)]}}}
+
+    def shard_urls(self, split):
+        return [f"store/{s}" for s in self.manifest["splits"][split]["shards"]]
+
+
 def test_an_epoch_is_rounds_over_every_shard(tmp_path):
-    class FakeStore:
-        manifest = {"splits": {"train": {"shards": [f"train/shard-{i:05d}.parquet" for i in range(5)]}}}
-
-        def shard_urls(self, split):
-            return [f"store/{s}" for s in self.manifest["splits"][split]["shards"]]
-
     cfg = DataConfig(store="store", clips_per_video=3)
     plan = epoch_plan(FakeStore(), cfg, seed=0, epoch=0)
     assert [t["round"] for t in plan] == [0] * 5 + [1] * 5 + [2] * 5
@@ -83,6 +94,19 @@ def test_an_epoch_is_rounds_over_every_shard(tmp_path):
     draws = {clip_rng(*key).random() for key in [(1, 2, "v", 3), (1, 3, "v", 3), (1, 2, "w", 3), (1, 2, "v", 4),
                                                   (1, 2, "v", 3, 5), (2, 2, "v", 3)]}
     assert len(draws) == 6  # seed, epoch, video, round and a resumed epoch's step each draw anew
+
+
+def test_short_epochs_share_one_stream_and_long_ones_do_not():
+    cfg = DataConfig(store="store", clips_per_video=2)
+    small, large = FakeStore(19), FakeStore(STREAM_TASKS)  # the demo's 19 shards; Kinetics-sized
+    assert epochs_per_stream(small, cfg, left=8) == 8 and epochs_per_stream(small, cfg, left=100) == 53
+    assert epochs_per_stream(large, cfg, left=100) == 1  # 4,096 tasks an epoch: a stream each
+    # A stream is its epochs' own plans one after another, a resumed first epoch drawn anew.
+    plan = stream_plan(small, cfg, seed=4, epoch=2, resumed_at=7, epochs=3)
+    assert [(t["epoch"], t["resumed_at"]) for t in plan] == [(2, 7)] * 38 + [(3, 0)] * 38 + [(4, 0)] * 38
+    for i, (e, r) in enumerate([(2, 7), (3, 0), (4, 0)]):
+        own = epoch_plan(small, cfg, seed=4, epoch=e, resumed_at=r)
+        assert [(t["url"], t["round"]) for t in plan[38 * i:38 * (i + 1)]] == [(t["url"], t["round"]) for t in own]
 
 
 def test_video_clips_follow_the_test_protocol():
