@@ -106,21 +106,19 @@ class TrainState:
         return loss
 
 
-def lr_factor(step: int, total: int, warmup: int, milestones: Sequence[float], gamma: float) -> float:
-    """Linear warm-up from 1/10 over ``warmup`` steps, then a step decay by ``gamma`` at each milestone."""
-    factor = gamma ** sum(step >= int(m * total) for m in milestones)
-    if step < warmup:
-        factor *= 0.1 + 0.9 * step / warmup
-    return factor
-
-
 def optimizer(model: nn.Module, cfg: TrainConfig, world: int, steps_per_epoch: int
               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD at ``optim.lr`` scaled to the global batch (batch_size x world), with ``lr_factor``'s schedule."""
+    """SGD at ``optim.lr`` scaled to the global batch (batch_size x world); per step, a linear warm-up
+    from a tenth over ``optim.warmup_epochs``, and a decay by ``optim.gamma`` at each milestone
+    (a fraction of all steps)."""
+    from torch.optim import lr_scheduler
+
     o, t = cfg.optim, cfg.trainer
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=o.lr * t.batch_size * world / o.lr_batch, momentum=o.momentum,
                           weight_decay=o.weight_decay)
     total, warmup = steps_per_epoch * t.epochs, int(o.warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, o.milestones, o.gamma))
-    return opt, sched
+    scheds = [lr_scheduler.MultiStepLR(opt, [int(m * total) for m in o.milestones], gamma=o.gamma)]
+    if warmup:  # LinearLR over no steps would still start at its start factor
+        scheds.append(lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warmup))
+    return opt, lr_scheduler.ChainedScheduler(scheds, opt)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from train.config import load_config
 from train.core import Step, TrainState, normalize, optimizer
@@ -48,6 +49,23 @@ def test_the_core_learns_a_batch_in_a_few_steps(arch):
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
     peak = cfg.optim.lr * cfg.trainer.batch_size / cfg.optim.lr_batch  # past the 5 warm-up steps, before the drop
     assert sched.get_last_lr()[0] == pytest.approx(peak)
+
+
+@pytest.mark.parametrize("warmup_epochs,milestones", [(0.0, [0.5, 0.75]), (0.5, [0.75]), (2.5, [0.3, 0.3])])
+def test_the_lr_warms_up_linearly_then_drops_at_each_milestone(warmup_epochs, milestones):
+    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny_synthetic.yaml",
+                      ["data.store=unused", f"optim.warmup_epochs={warmup_epochs}", f"optim.milestones={milestones}",
+                       "optim.gamma=0.1", "trainer.epochs=4"])
+    opt, sched = optimizer(nn.Linear(2, 2), cfg, world=2, steps_per_epoch=10)
+    peak = cfg.optim.lr * cfg.trainer.batch_size * 2 / cfg.optim.lr_batch
+    warmup = int(warmup_epochs * 10)
+    for s in range(40):
+        want = peak * 0.1 ** sum(s >= int(m * 40) for m in milestones)  # both drops at once where they coincide
+        if s < warmup:
+            want *= 0.1 + 0.9 * s / warmup
+        assert sched.get_last_lr()[0] == pytest.approx(want), s
+        opt.step()
+        sched.step()
 
 
 def test_a_train_state_restored_from_its_state_dict_goes_on_as_if_never_stopped():
