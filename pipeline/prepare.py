@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+from tqdm import tqdm
 
 from pipeline.datasets import DatasetError, DatasetIndex, VideoItem, read_dataset
 from pipeline.session import git_commit, ray_session
@@ -160,7 +161,8 @@ def plan_shards(items: list[VideoItem], out: str, args: argparse.Namespace, opts
 
 
 def run_shards(todo: list[ShardSpec], workers: int, total_videos: int, done_videos: int) -> None:
-    """Each shard a Ray Data task; a progress line every few seconds as their summaries arrive."""
+    """Each shard a Ray Data task; a progress bar on a terminal (else a line every few seconds) as
+    their summaries arrive."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -172,17 +174,25 @@ def run_shards(todo: list[ShardSpec], workers: int, total_videos: int, done_vide
     ds = ds.map(run_shard_row, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=workers) if workers else None)
     start = last = time.monotonic()
     finished, videos, bad = 0, 0, 0
+    bar = tqdm(total=total_videos, initial=done_videos, unit=" videos", desc="[prepare]", dynamic_ncols=True) \
+        if sys.stderr.isatty() else None
     for row in ds.iter_rows():
         s = json.loads(row["summary"])
         finished += 1
-        videos += s["videos"] + sum(s["quarantined"].values())
+        shard_videos = s["videos"] + sum(s["quarantined"].values())
+        videos += shard_videos
         bad += sum(s["quarantined"].values())
         now = time.monotonic()
-        if now - last > 5 or finished == len(todo):
+        if bar:
+            bar.set_postfix_str(f"{finished}/{len(todo)} shards, {bad} quarantined", refresh=False)
+            bar.update(shard_videos)
+        elif now - last > 5 or finished == len(todo):
             rate = videos / max(now - start, 1e-9)
             print(f"[prepare] {done_videos + videos}/{total_videos} videos, {finished}/{len(todo)} "
                   f"shards, {rate:.1f} videos/s, {bad} quarantined", flush=True)
             last = now
+    if bar:
+        bar.close()
 
 
 def finalize(out: str, shards: list[ShardSpec], items: list[VideoItem], index: DatasetIndex, plan: dict,

@@ -12,11 +12,18 @@ torch sees no CUDA device.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import importlib.util
 import os
+import pty
+import select
 import shutil
+import struct
+import subprocess
 import tempfile
+import termios
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,3 +151,32 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield S3Server(url, "cost-test")
     finally:
         stop(proc)
+
+
+def run_in_terminal(cmd: list[str], timeout: float) -> tuple[int, str]:
+    """``cmd`` with a pseudo-terminal (120 columns) as its console, as a user's shell runs it: its exit
+    status and everything it showed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    shown, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 1)[0]:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the command and all it started have closed the terminal
+                break
+            if not data:
+                break
+            shown.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(timeout=60), b"".join(shown).decode(errors="replace")
+
+
+@pytest.fixture
+def in_terminal():
+    """``run_in_terminal``: a command-line tool as a user sees it in a terminal."""
+    return run_in_terminal

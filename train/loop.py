@@ -1,14 +1,14 @@
 """What each Ray Train worker runs: ``TorchTrainer(train_loop, train_loop_config=...)``.
 
 One loop for CPU and GPU, one worker or many (DDP). Per step: a batch of augmented clips from
-this worker's split of the epoch's Ray Data stream, then the training core's step (train/core.py:
-forward with bf16 autocast on GPU, backward, gradient clipping, SGD). Every ``log_every`` steps
-rank 0 logs metrics to MLflow and moves the driver's progress bar (a line, where the driver's console
-is not a terminal); every ``checkpoint_every`` steps and at
-each epoch end rank 0 saves the training state through ``ray.train.report``; every ``val_every``
-epochs (and after the last one) the single-clip validation runs, and after the last epoch the
-multi-clip test protocol. A restarted worker group (FailureConfig) and a re-run of the same run
-name both continue from the latest checkpoint.
+this worker's split of a Ray Data stream (one per epoch, or one for several short epochs), then
+the training core's step (train/core.py: forward with bf16 autocast on GPU, backward, gradient
+clipping, SGD). Every ``log_every`` steps rank 0 logs metrics to MLflow and moves the driver's
+progress bar (a line, where the driver's console is not a terminal); every ``checkpoint_every``
+steps and at each epoch end rank 0 saves the training state through ``ray.train.report``; every
+``val_every`` epochs (and after the last one) the single-clip validation runs, and after the last
+epoch the multi-clip test protocol. A restarted worker group (FailureConfig) and a re-run of the
+same run name both continue from the latest checkpoint.
 
 ``eval_loop`` runs only the test protocol on a given checkpoint (``train/main.py --eval-only``).
 """

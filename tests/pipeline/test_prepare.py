@@ -4,6 +4,7 @@ resume after a real kill, S3 in and out."""
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -190,6 +191,23 @@ def test_bad_synthetic_options_are_refused_before_anything_is_written(tmp_path):
         prepare(["--dataset", "synthetic", "--classes", "6", "--speed", "1", "--root", str(tmp_path / "src"),
                  "--out", str(tmp_path / "store")])
     assert not any(tmp_path.iterdir())
+
+
+def test_a_terminal_shows_a_progress_bar_and_not_rays_info_lines(kinetics, tmp_path, ray_cluster, in_terminal):
+    code, out = in_terminal([sys.executable, PREPARE, "--dataset", "kinetics", "--root", str(kinetics),
+                             "--videos-per-shard", "2", "--out", str(tmp_path / "store")], timeout=300)
+    assert code == 0, out[-3000:]
+    store = Store(str(tmp_path / "store"))
+    quarantined = sum(1 for r in read_table(f"{store.url}/quarantine.parquet").to_pylist() if r["reason"] != "missing")
+    videos = sum(s["videos"] for s in store.manifest["splits"].values()) + quarantined
+    shards = sum(len(s["shards"]) for s in store.manifest["splits"].values())
+    bar = re.findall(r"\[prepare\]: 100%\|.*?\| (\d+)/(\d+) \[[\d:]+<[\d:]+, +[\d.]+ videos/s, (\d+)/(\d+) shards, "
+                     r"(\d+) quarantined\]", out)
+    assert bar and bar[-1] == (str(videos), str(videos), str(shards), str(shards), str(quarantined)), out[-3000:]
+    assert f"[prepare] {videos}/{videos} videos" not in out  # the line that a console without a terminal gets
+    for line in ("Started a local Ray instance", "Connecting to existing Ray cluster", "Progress bars disabled",
+                 "execution finished in", "authentication token"):
+        assert line not in out, f"{line!r} shows without --verbose"
 
 
 def test_killed_run_resumes_to_the_same_rows(kinetics, tmp_path, ray_cluster):

@@ -2,17 +2,9 @@
 DDP training that learns, tracking, eval-only, resume, a killed worker, bad configs. (`ray job submit`
 runs on the 2-node cluster of tests/cluster/test_local_cluster.py.)"""
 
-import fcntl
 import json
-import os
-import pty
 import re
-import select
-import struct
-import subprocess
 import sys
-import termios
-import time
 from pathlib import Path
 
 import mlflow
@@ -117,30 +109,7 @@ def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path, caps
     assert ev.data.metrics["test_loss"] == pytest.approx(run.data.metrics["test_loss"], rel=1e-4)
 
 
-def in_terminal(cmd: list[str], timeout: float) -> tuple[int, str]:
-    """``cmd`` with a pseudo-terminal (120 columns) as its console, as a user's shell runs it: its exit
-    status and everything it showed."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
-    os.close(slave)
-    shown, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if select.select([master], [], [], 1)[0]:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the command and all it started have closed the terminal
-                break
-            if not data:
-                break
-            shown.append(data)
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    return proc.wait(timeout=60), b"".join(shown).decode(errors="replace")
-
-
-def test_the_console_shows_a_progress_bar_and_not_rays_info_lines(store, mlflow_server, tmp_path):
+def test_the_console_shows_a_progress_bar_and_not_rays_info_lines(store, mlflow_server, tmp_path, in_terminal):
     """What a user's terminal shows: the command as a user runs it, joining the session's cluster."""
     code, out = in_terminal([sys.executable, str(ROOT / "train" / "main.py"),
                              *args(store, mlflow_server, tmp_path, "name=console", "trainer.epochs=2",
