@@ -5,6 +5,7 @@ shows of them in the MLflow UI (headless Chromium; screenshots under test-artifa
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def test_the_comparison_trains_each_member_once_and_reports(store, mlflow_server
     assert a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time
     printed = capsys.readouterr().out
     assert "2 run(s), 2 at a time" in printed
-    assert "[cmp-c3d-s0] [train] epoch 1/1 step 3/3 loss" in printed  # side by side: lines, not bars
+    # Side by side: each member's lines (Ray's worker prefix inside), progress lines, not bars.
+    assert re.search(r"^\[cmp-c3d-s0\] .*\[train\] epoch 1/1 step 3/3 loss", printed, re.M), printed[-3000:]
     assert "| synthetic | blocks 1-1-1-1 w16 | C3D |" in printed  # the report's table
 
     # A member that did not finish is trained again by the same command; the finished one is not.
