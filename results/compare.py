@@ -11,6 +11,11 @@ not trained again: the same command re-runs only what failed or was stopped, the
 run side by side as far as the cluster's CPUs and GPUs hold them (``--parallel`` caps that),
 one after another otherwise, all on one Ray cluster: the one named, a running one, or one started
 here for the whole comparison.
+
+Why processes and not a Ray Tune ``Tuner``: with Ray Train V2 (2.60's default) a ``TorchTrainer`` is
+not a Tune trainable; Tune would run each ``fit()`` inside a function trial of its own, and the
+driver's part of a run (config checks, the MLflow run opened and closed, the model logged) would
+move there. As ``train/main.py`` processes, a member is exactly the run a user starts by hand.
 """
 
 from __future__ import annotations
