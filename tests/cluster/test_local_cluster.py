@@ -114,6 +114,27 @@ def registered_checkpoint(fs: s3fs.S3FileSystem, run_dir: str) -> bool:
     return any(json.loads(fs.cat(p))["latest_checkpoint_result"] for p in snapshots)
 
 
+def test_a_comparison_runs_as_a_job(cluster, store):
+    """results/compare.py as users submit it: its members train on the cluster, then the report."""
+    overrides = [a for a in train_args(cluster, store, "unused", "trainer.epochs=1", "tracking.log_model=false",
+                                       f"tracking.uri={cluster['mlflow']}")[3:]
+                 if not a.startswith(("name=", "tracking.experiment="))]
+    cmd = [str(local.BIN / "ray"), "job", "submit", "--address", cluster["ray_dashboard"], "--working-dir", str(ROOT),
+           "--", sys.executable, "results/compare.py", "--config", "configs/tiny_synthetic.yaml", "--archs", "c2d",
+           "--name", "job", *overrides, "tracking.experiment=cluster-compare"]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **cluster["env"]}, capture_output=True, text=True,
+                          timeout=600)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0 and "succeeded" in text, text[-5000:]
+    client = MlflowClient(cluster["mlflow"])
+    exp = client.get_experiment_by_name("cluster-compare").experiment_id
+    (member,) = client.search_runs([exp], "tags.mode = 'train'")
+    assert member.data.tags["cost.run_name"] == "job-c2d-s0" and member.info.status == "FINISHED"
+    (report,) = client.search_runs([exp], "tags.mode = 'report'")
+    assert "report.html" in {f.path for f in client.list_artifacts(report.info.run_id)}
+    assert "| C2D |" in text  # the report's table, printed by the job
+
+
 def test_a_job_spread_over_both_nodes_survives_losing_one(cluster, store):
     """One run, submitted as users do (`ray job submit`, token auth), covers both: its first worker
     group spans the two nodes; the worker node is then killed after the first checkpoint, and the
