@@ -179,13 +179,13 @@ def run_shards(todo: list[ShardSpec], workers: int, total_videos: int, done_vide
     for row in ds.iter_rows():
         s = json.loads(row["summary"])
         finished += 1
-        shard_videos = s["videos"] + sum(s["quarantined"].values())
-        videos += shard_videos
-        bad += sum(s["quarantined"].values())
+        quarantined = sum(s["quarantined"].values())
+        videos += s["videos"] + quarantined
+        bad += quarantined
         now = time.monotonic()
         if bar:
             bar.set_postfix_str(f"{finished}/{len(todo)} shards, {bad} quarantined", refresh=False)
-            bar.update(shard_videos)
+            bar.update(s["videos"] + quarantined)
         elif now - last > 5 or finished == len(todo):
             rate = videos / max(now - start, 1e-9)
             print(f"[prepare] {done_videos + videos}/{total_videos} videos, {finished}/{len(todo)} "

@@ -275,10 +275,10 @@ def train_epoch(w: Worker, ts: TrainState, batches: Iterator[dict], bar, *, rest
             if w.device.type == "cuda":
                 metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
             w.log(metrics, ts.step)
-            eta = (total - ts.step) * seconds / n
             if bar:
                 bar.set_description(f"epoch {ts.epoch + 1}/{t.epochs} loss {window_loss:.4f}")
             else:
+                eta = (total - ts.step) * seconds / n
                 w.say(f"epoch {ts.epoch + 1}/{t.epochs} step {ts.step}/{total} loss {window_loss:.4f} "
                       f"lr {metrics['lr']:.2e} {metrics['clips_per_s']:.1f} clips/s data wait "
                       f"{metrics['data_wait']:.0%} eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
