@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a bare checkout
 from pipeline.prepare import main as prepare  # noqa: E402
 from pipeline.session import connect_ray  # noqa: E402
-from pipeline.store import Store, read_table  # noqa: E402
+from pipeline.storage import read_table  # noqa: E402
+from pipeline.store import Store  # noqa: E402
 from pipeline.synthetic import SyntheticSpec, generate  # noqa: E402
 
 

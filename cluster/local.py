@@ -195,6 +195,60 @@ def start_mlflow(root: Path, backend: str, artifacts: str, s3_env: dict[str, str
     return proc, url
 
 
+def _started(state: dict, procs: list[subprocess.Popen], name: str, proc: subprocess.Popen) -> None:
+    procs.append(proc)
+    state["pids"][name] = proc.pid
+
+
+def start_services(root: Path, state: dict, procs: list[subprocess.Popen], s3_endpoint: str | None,
+                   mlflow: bool) -> None:
+    """S3 (moto, unless ``s3_endpoint`` names a server) and MLflow on PostgreSQL with its artifacts in S3."""
+    state["s3_keys"] = {}
+    if s3_endpoint is None:
+        state["s3_keys"] = {k: os.environ.get(k, v) for k, v in MOTO_KEYS.items()}
+        proc, s3_endpoint = start_moto(root, state["bucket"], state["s3_keys"])
+        _started(state, procs, "moto", proc)
+    state["s3_endpoint"] = s3_endpoint
+    if mlflow:
+        proc, state["mlflow_backend"], data = start_postgres(root)
+        state["postgres_data"] = str(data)
+        _started(state, procs, "postgres", proc)
+        proc, state["mlflow"] = start_mlflow(root, state["mlflow_backend"], f"s3://{state['bucket']}/mlflow",
+                                             {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **state["s3_keys"]})
+        _started(state, procs, "mlflow", proc)
+
+
+def start_ray(root: Path, state: dict, procs: list[subprocess.Popen], workers: int, head_cpus: float,
+              worker_cpus: float) -> None:
+    """A Ray head and ``workers`` worker nodes, with token authentication, each node waited for."""
+    token = root / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    # The nodes' tasks read and write S3: moto's throw-away keys, else the caller's own credentials.
+    state["ray_env"] = {**CLUSTER_ENV, **state["s3_keys"], "RAY_AUTH_MODE": "token",
+                        "RAY_AUTH_TOKEN_PATH": str(token.resolve())}
+    head_port, dash = free_port(), free_port()
+    state["ray_address"], state["ray_dashboard"] = f"127.0.0.1:{head_port}", f"http://127.0.0.1:{dash}"
+    log = root / "ray-head.log"
+    # Short temp dirs outside --dir: Ray's socket paths must stay under ~107 characters.
+    state["temp_dirs"] = [tempfile.mkdtemp(prefix="cost-ray-") for _ in range(workers + 1)]
+    proc = start(ray_node_cmd(state["temp_dirs"][0], head_port=head_port, cpus=head_cpus, resources={"head": 1},
+                              head=True, dashboard_port=dash), log, env=state["ray_env"])
+    _started(state, procs, "ray-head", proc)
+    auth = {"Authorization": f"Bearer {token.read_text()}"}
+    wait_until(lambda: http_ok(f"{state['ray_dashboard']}/api/version", auth), "ray head", proc, log, 180)
+
+    def alive() -> int:
+        return sum(n["state"] == "ALIVE" for n in ray_nodes(state["ray_dashboard"], token.read_text()))
+
+    for i in range(1, workers + 1):
+        log = root / f"ray-worker-{i}.log"
+        proc = start(ray_node_cmd(state["temp_dirs"][i], head_port=head_port, cpus=worker_cpus,
+                                  resources={f"worker_node_{i}": 1}), log, env=state["ray_env"])
+        _started(state, procs, f"ray-worker-{i}", proc)
+        wait_until(lambda n=i: alive() == n + 1, f"ray worker node {i}", proc, log, 180)
+
+
 def up(root: Path, *, workers: int = 1, head_cpus: float = 2, worker_cpus: float = 2, bucket: str = "cost",
        s3_endpoint: str | None = None, mlflow: bool = True) -> dict:
     """Start the services under ``root`` (created) and return the state written to root/cluster.json."""
@@ -202,52 +256,10 @@ def up(root: Path, *, workers: int = 1, head_cpus: float = 2, worker_cpus: float
     if (root / "cluster.json").exists():
         raise RuntimeError(f"{root}/cluster.json exists: a cluster is up there (`down` first)")
     state: dict = {"pids": {}, "bucket": bucket}
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen] = []  # stopped again if anything fails to start
     try:
-        state["s3_keys"] = {}
-        if s3_endpoint is None:
-            state["s3_keys"] = {k: os.environ.get(k, v) for k, v in MOTO_KEYS.items()}
-            proc, s3_endpoint = start_moto(root, bucket, state["s3_keys"])
-            procs.append(proc)
-            state["pids"]["moto"] = proc.pid
-        state["s3_endpoint"] = s3_endpoint
-        if mlflow:
-            proc, state["mlflow_backend"], data = start_postgres(root)
-            state["postgres_data"] = str(data)
-            procs.append(proc)
-            state["pids"]["postgres"] = proc.pid
-            proc, state["mlflow"] = start_mlflow(root, state["mlflow_backend"], f"s3://{bucket}/mlflow",
-                                                 {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **state["s3_keys"]})
-            procs.append(proc)
-            state["pids"]["mlflow"] = proc.pid
-        token = root / "ray_token"
-        token.write_text(secrets.token_hex(32))
-        token.chmod(0o600)
-        # The nodes' tasks read and write S3: moto's throw-away keys, else the caller's own credentials.
-        state["ray_env"] = {**CLUSTER_ENV, **state["s3_keys"], "RAY_AUTH_MODE": "token",
-                            "RAY_AUTH_TOKEN_PATH": str(token.resolve())}
-        head_port, dash = free_port(), free_port()
-        state["ray_address"], state["ray_dashboard"] = f"127.0.0.1:{head_port}", f"http://127.0.0.1:{dash}"
-        log = root / "ray-head.log"
-        # Short temp dirs outside --dir: Ray's socket paths must stay under ~107 characters.
-        state["temp_dirs"] = [tempfile.mkdtemp(prefix="cost-ray-") for _ in range(workers + 1)]
-        proc = start(ray_node_cmd(state["temp_dirs"][0], head_port=head_port, cpus=head_cpus, resources={"head": 1},
-                                  head=True, dashboard_port=dash), log, env=state["ray_env"])
-        procs.append(proc)
-        state["pids"]["ray-head"] = proc.pid
-        auth = {"Authorization": f"Bearer {token.read_text()}"}
-        wait_until(lambda: http_ok(f"{state['ray_dashboard']}/api/version", auth), "ray head", proc, log, 180)
-
-        def alive() -> int:
-            return sum(n["state"] == "ALIVE" for n in ray_nodes(state["ray_dashboard"], token.read_text()))
-
-        for i in range(1, workers + 1):
-            log = root / f"ray-worker-{i}.log"
-            proc = start(ray_node_cmd(state["temp_dirs"][i], head_port=head_port, cpus=worker_cpus,
-                                      resources={f"worker_node_{i}": 1}), log, env=state["ray_env"])
-            procs.append(proc)
-            state["pids"][f"ray-worker-{i}"] = proc.pid
-            wait_until(lambda n=i: alive() == n + 1, f"ray worker node {i}", proc, log, 180)
+        start_services(root, state, procs, s3_endpoint, mlflow)
+        start_ray(root, state, procs, workers, head_cpus, worker_cpus)
     except BaseException:
         for proc in reversed(procs):
             stop(proc)

@@ -25,8 +25,7 @@ import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
+from pipeline.storage import filesystem, is_local
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp")
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
@@ -67,12 +66,12 @@ def read_dataset(dataset: str, root: str, *, splits: Sequence[str] | None = None
     readers = {"kinetics": _kinetics, "moments": _moments, "folder": _folder}
     if dataset not in readers:
         raise DatasetError(f"unknown dataset layout {dataset!r}; choose one of {', '.join(readers)}")
-    fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
+    fs, base = filesystem(root, storage_options)
     if not fs.isdir(base):
         raise DatasetError(f"dataset root {root} does not exist or is not a folder")
     index = readers[dataset](fs, base.rstrip("/"), set(splits) if splits else None)
     index.root = root
-    if not isinstance(fs, LocalFileSystem):  # object-store paths need their scheme back
+    if not is_local(fs):  # object-store paths need their scheme back
         index.items = [replace(it, path=fs.unstrip_protocol(it.path)) for it in index.items]
     return index
 

@@ -31,30 +31,28 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 from tqdm import tqdm
 
 from pipeline.datasets import DatasetError, DatasetIndex, VideoItem, read_dataset
-from pipeline.session import git_commit, ray_session
+from pipeline.session import git_commit, ray_session, unshared_paths
 from pipeline.shards import QUARANTINE_SCHEMA, ShardSpec, quarantine_row, run_shard_row, spec_row
-from pipeline.store import (
-    SCHEMA_VERSION,
+from pipeline.storage import (
     TMP_MARK,
     endpoint_options,
-    open_shard,
+    exists,
+    filesystem,
+    is_local,
+    listing,
+    open_ranged,
     read_json,
     read_table,
-    shard_directory,
-    unshared_paths,
-    url_exists,
-    url_size,
+    size,
     write_json,
-    write_table,
 )
+from pipeline.store import SCHEMA_VERSION, shard_directory, write_table
 
 DATASETS = ("kinetics", "moments", "folder", "synthetic")
 
@@ -205,7 +203,7 @@ def finalize(out: str, shards: list[ShardSpec], items: list[VideoItem], index: D
     write_table(quarantine, f"{out}/quarantine.parquet", opts)
     splits: dict[str, dict] = {}
     for s in shards:
-        with open_shard(s.url, opts) as f:
+        with open_ranged(s.url, opts) as f:
             rows = shard_directory(pq.ParquetFile(f))  # the footer alone
         entry = splits.setdefault(s.split, dict(videos=0, rows=0, frames=0, bytes=0, shards=[], per_class={}))
         for r in rows:
@@ -215,7 +213,7 @@ def finalize(out: str, shards: list[ShardSpec], items: list[VideoItem], index: D
                 entry["videos"] += 1
         entry["rows"] += len(rows)
         entry["frames"] += sum(r["length"] for r in rows)
-        entry["bytes"] += url_size(s.url, opts)
+        entry["bytes"] += size(s.url, opts)
         entry["shards"].append(s.url[len(out) + 1:])
     manifest = dict(plan, classes=index.classes, splits=splits, code_version=code_version(),
                     quarantined=dict(Counter(quarantine.column("reason").to_pylist())),
@@ -226,9 +224,9 @@ def finalize(out: str, shards: list[ShardSpec], items: list[VideoItem], index: D
 
 def check_existing(out: str, plan: dict, overwrite: bool, opts: dict) -> str:
     """'new', 'resume' or 'complete'; a store of other inputs or settings is refused (or replaced)."""
-    fs, path = fsspec.core.url_to_fs(out, **opts)
+    fs, path = filesystem(out, opts)
     old = read_json(f"{out}/_plan.json", opts)
-    if old != plan and fs.exists(path) and fs.ls(path):
+    if old != plan and listing(out, opts):
         if not overwrite:
             what = ("is not a frame store" if old is None else "was prepared from other inputs or settings ("
                     + ", ".join(sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))) + " differ)")
@@ -237,7 +235,7 @@ def check_existing(out: str, plan: dict, overwrite: bool, opts: dict) -> str:
         old = None
     if old is None:
         return "new"
-    if isinstance(fs, LocalFileSystem):  # files a killed run was writing
+    if is_local(fs):  # files a killed run was writing
         for leftover in fs.glob(f"{path}/**/*{TMP_MARK}*"):
             fs.rm(leftover)
     return "complete" if read_json(f"{out}/manifest.json", opts) is not None else "resume"
@@ -276,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[prepare] {out} is complete for these inputs and settings; nothing to do")
         return 0
     shards = plan_shards(items, out, args, opts)
-    todo = [s for s in shards if not url_exists(s.url, opts)]
+    todo = [s for s in shards if not exists(s.url, opts)]
     total = sum(len(s.videos) for s in shards)
     done = total - sum(len(s.videos) for s in todo)
     with ray_session(args.address, args.num_cpus, quiet=not args.verbose) if todo else contextlib.nullcontext():

@@ -1,4 +1,4 @@
-"""The Ray session and the code version, shared by the command-line tools and the benchmarks.
+"""The Ray session, the code version and the check of paths a multi-node cluster cannot share.
 
     with ray_session(address, num_cpus):   # joins a cluster, or starts a local Ray it shuts down after
         ...
@@ -12,6 +12,8 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from pipeline.storage import is_node_local
 
 # Ray's lines that a console without --verbose leaves out: the local cluster's token note, and
 # Ray Data's notes on the progress bars we turn off and on each finished execution. Their warnings stay.
@@ -64,3 +66,22 @@ def git_commit() -> str:
                               text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def unshared_paths(paths: dict[str, str | None], flag: str) -> str | None:
+    """On a Ray cluster of several nodes, the message for the node-local ``paths`` (name -> url),
+    which tasks on other nodes could not read or would write apart; None when there are none.
+    ``flag`` is how the user says such paths are on a filesystem every node mounts."""
+    local = {k: v for k, v in paths.items() if v and is_node_local(v)}
+    if not local:
+        return None
+    import ray
+
+    nodes = sum(n["Alive"] for n in ray.nodes())
+    if nodes < 2:
+        return None
+    names = ", ".join(f"{k} = {v}" for k, v in local.items())
+    return (f"the Ray cluster has {nodes} nodes but {names} "
+            f"{'is a path' if len(local) == 1 else 'are paths'} on this machine only: work on the other nodes "
+            f"could not read or would write apart. Use s3:// (or another shared store; an MLflow server for "
+            f"tracking), or set {flag} if the path is on a filesystem every node mounts (NFS, EFS, Lustre)")

@@ -15,11 +15,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
-import fsspec
 import pyarrow as pa
-from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.decode import DecodeError, IsolatedDecoder
+from pipeline.storage import filesystem, is_local
 from pipeline.store import phase_rows, rows_to_table, write_shard, write_table
 
 QUARANTINE_SCHEMA = pa.schema([
@@ -51,8 +50,8 @@ def quarantine_row(video: dict, reason: str, detail: str) -> dict:
 
 def _local_copy(path: str, options: dict, tmp: str) -> str:
     """``path`` itself when local, else a copy under ``tmp``; DecodeError('missing') if absent."""
-    fs, remote = fsspec.core.url_to_fs(path, **options)
-    if isinstance(fs, LocalFileSystem):
+    fs, remote = filesystem(path, options)
+    if is_local(fs):
         return remote
     local = os.path.join(tmp, "video" + os.path.splitext(remote)[1])
     try:

@@ -1,4 +1,4 @@
-"""The frame store's row layout and its atomic Parquet shard writes.
+"""The frame store: its row layout, its shard writes and its reader (files through pipeline/storage.py).
 
 One row per (video, temporal phase): with a training sampling stride of P stored frames, the
 row of phase p holds the video's stored frames p, p+P, p+2P, ... - every frame that any clip
@@ -9,31 +9,25 @@ Each row is a Parquet row group of its own, so one row can be read without the r
 shard, and the shard's footer holds a directory of its rows (video, label, phase, length, frame
 size): a reader opens the footer once and reads exactly the rows it draws (train/data.py).
 Rows carry the video's metadata so that any row stands alone. JPEG bytes are stored
-uncompressed (they are compressed already). A shard appears atomically: written under a
-temporary name and renamed (local), or uploaded as one object (S3 and other object stores
-publish an object only when complete).
+uncompressed (they are compressed already). A shard appears atomically (``storage.atomic_write``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from collections.abc import Callable, Sequence
-from typing import IO
+from collections.abc import Sequence
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.storage import arrow_filesystem, atomic_write, filesystem, read_json, read_table
 
 # v2: one row group per store row, a row directory in each shard's footer, shards of shuffled videos.
 SCHEMA_VERSION = 2
 ROW_GROUP_BYTES = 64 << 20
 DIRECTORY_KEY = b"cost.rows"  # the shard footer's row directory: JSON, one list of DIRECTORY fields per row
 DIRECTORY = ("video_id", "label", "phase", "length", "height", "width")
-TMP_MARK = ".tmp-"  # in the name of a local file being written; such files are never part of a store
 
 SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -70,26 +64,6 @@ def rows_to_table(rows: Sequence[dict]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=SCHEMA)
 
 
-def atomic_write(url: str, write: Callable[[IO[bytes]], None], storage_options: dict | None = None) -> int:
-    """Call ``write(file)`` so that ``url`` appears whole or not at all; returns its size in bytes.
-
-    Local files are written under a temporary name and renamed; object stores publish an object
-    only once its upload completes."""
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    local = isinstance(fs, LocalFileSystem)
-    target = f"{path}{TMP_MARK}{uuid.uuid4().hex}" if local else path
-    try:
-        with fs.open(target, "wb") as f:
-            write(f)
-        if local:
-            os.replace(target, path)  # atomic on one file system
-    finally:
-        if local and os.path.exists(target):
-            os.remove(target)
-    return fs.size(path)
-
-
 def write_table(table: pa.Table, url: str, storage_options: dict | None = None, row_group_size: int = 0) -> int:
     """Any table as one Parquet file, atomically; JPEG bytes stay uncompressed, the rest zstd. Row
     groups of ``row_group_size`` rows, by default as many as fit in ROW_GROUP_BYTES."""
@@ -115,75 +89,6 @@ def write_shard(table: pa.Table, url: str, storage_options: dict | None = None) 
 def shard_directory(shard: pq.ParquetFile) -> list[dict]:
     """The rows of an open shard, from its footer: row i (row group i) as a dict of DIRECTORY fields."""
     return [dict(zip(DIRECTORY, r, strict=True)) for r in json.loads(shard.schema_arrow.metadata[DIRECTORY_KEY])]
-
-
-def open_shard(url: str, storage_options: dict | None = None) -> IO[bytes]:
-    """A shard opened for reading single rows: an object store is read in exactly the ranges asked for
-    (fsspec's default read-ahead would fetch megabytes beyond each row)."""
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs.open(path, "rb", cache_type="none")
-
-
-def write_json(data: dict, url: str, storage_options: dict | None = None) -> int:
-    text = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
-    return atomic_write(url, lambda f: f.write(text), storage_options)
-
-
-def endpoint_options(endpoint: str | None) -> dict:
-    """fsspec storage options for an S3-compatible server at ``endpoint`` (none: AWS or local)."""
-    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
-
-
-def is_node_local(url: str) -> bool:
-    """True for a path only this machine may see: no scheme, ``file://`` or ``sqlite://``."""
-    scheme = url.partition("://")[0] if "://" in url else ""
-    return scheme in ("", "file") or url.startswith("sqlite:")
-
-
-def unshared_paths(paths: dict[str, str | None], flag: str) -> str | None:
-    """On a Ray cluster of several nodes, the message for the node-local ``paths`` (name -> url),
-    which tasks on other nodes could not read or would write apart; None when there are none.
-    ``flag`` is how the user says such paths are on a filesystem every node mounts."""
-    local = {k: v for k, v in paths.items() if v and is_node_local(v)}
-    if not local:
-        return None
-    import ray
-
-    nodes = sum(n["Alive"] for n in ray.nodes())
-    if nodes < 2:
-        return None
-    names = ", ".join(f"{k} = {v}" for k, v in local.items())
-    return (f"the Ray cluster has {nodes} nodes but {names} "
-            f"{'is a path' if len(local) == 1 else 'are paths'} on this machine only: work on the other nodes "
-            f"could not read or would write apart. Use s3:// (or another shared store; an MLflow server for "
-            f"tracking), or set {flag} if the path is on a filesystem every node mounts (NFS, EFS, Lustre)")
-
-
-def url_exists(url: str, storage_options: dict | None = None) -> bool:
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs.exists(path)
-
-
-def url_size(url: str, storage_options: dict | None = None) -> int:
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs.size(path)
-
-
-def read_json(url: str, storage_options: dict | None = None) -> dict | None:
-    """The JSON object at ``url``, or None where there is no such file."""
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    try:
-        with fs.open(path, "rb") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
-
-
-def read_table(url: str, storage_options: dict | None = None, columns: Sequence[str] | None = None,
-               filters: list | None = None) -> pa.Table:
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=list(columns) if columns else None, filters=filters)
 
 
 class StoreError(ValueError):
@@ -224,11 +129,10 @@ class Store:
 
     def dataset(self, split: str, columns: Sequence[str] | None = None):  # -> ray.data.Dataset
         import ray.data
-        from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-        fs, _ = fsspec.core.url_to_fs(self.url, **self.storage_options)
-        paths = [fsspec.core.url_to_fs(u, **self.storage_options)[1] for u in self.shard_urls(split)]
-        ds = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(fs)))
+        fs, _ = arrow_filesystem(self.url, self.storage_options)
+        paths = [filesystem(u, self.storage_options)[1] for u in self.shard_urls(split)]
+        ds = ray.data.read_parquet(paths, filesystem=fs)
         return ds.select_columns(list(columns)) if columns else ds  # pushed down into the read
 
     def row(self, video_id: str, phase: int = 0) -> dict:

@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
 from pipeline.decode import DecodeError, IsolatedDecoder  # noqa: E402
-from pipeline.store import Store, StoreError, endpoint_options  # noqa: E402
+from pipeline.storage import endpoint_options  # noqa: E402
+from pipeline.store import Store, StoreError  # noqa: E402
 from train import tracking  # noqa: E402
 from train.augment import PROTOCOLS  # noqa: E402
 from train.checkpoints import CheckpointError, load_state, model_from_state  # noqa: E402

@@ -16,9 +16,9 @@ import io
 import os
 from pathlib import Path
 
-import fsspec
 import torch
 
+from pipeline.storage import filesystem, read_bytes
 from train.config import from_dict
 from train.models import VideoResNet, build_model
 from train.settings import ModelConfig, TrainConfig
@@ -42,7 +42,7 @@ def load_state(source, storage_options: dict | None = None) -> dict:
         with source.as_directory() as d:
             return load_state(d)
     url = str(source).rstrip("/")
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = filesystem(url, storage_options)
     if fs.isdir(path):
         path = f"{path}/{STATE_FILE}"
     if not fs.exists(path):
@@ -72,8 +72,7 @@ def upgrade_config(config: dict) -> None:
 
 def read_weights(url: str, storage_options: dict | None = None) -> dict:
     """A weights file (e.g. an ImageNet state dict for ``model.pretrained``), local or s3://."""
-    with fsspec.open(url, "rb", **(storage_options or {})) as f:
-        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    return torch.load(io.BytesIO(read_bytes(url, storage_options)), map_location="cpu", weights_only=True)
 
 
 def make_model(cfg: ModelConfig, num_classes: int) -> VideoResNet:

@@ -31,7 +31,8 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.store import Store, open_shard, read_table, shard_directory
+from pipeline.storage import open_ranged, read_table
+from pipeline.store import Store, shard_directory
 from train.augment import apply_view, decode, eval_views, train_view
 from train.sampling import eval_clip_indices, train_clip_in_rows
 from train.settings import DataConfig
@@ -59,7 +60,7 @@ def shard_clips(url: str, round_: int, cfg: DataConfig, storage_options: dict, *
     """One training clip per video of a shard (a store of ``num_phases`` phase rows per video), in
     blocks of up to ``rows_per_task`` clips: the shard's footer is read once, then only the rows the
     clips lie in."""
-    with open_shard(url, storage_options) as f:
+    with open_ranged(url, storage_options) as f:
         shard = pq.ParquetFile(f)
         videos: dict[str, list[dict]] = {}
         for i, row in enumerate(shard_directory(shard)):

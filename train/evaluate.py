@@ -10,6 +10,7 @@ table, so results can be re-analysed without running the model again.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,9 +68,11 @@ def video_probs(model: nn.Module, clip_views: torch.Tensor, data: DataConfig,
 
 @torch.no_grad()
 def evaluate(model: nn.Module, store: Store, split: str, cfg: TrainConfig, *, clips: int, protocol: str, rank: int,
-             world: int, device: torch.device, autocast, views: ViewStats | None = None) -> Scores:
+             world: int, device: torch.device, autocast, views: ViewStats | None = None,
+             progress: Callable[[int], object] | None = None) -> Scores:
     """Scores of every video of ``split``, split over the workers and gathered on each of them;
-    with ``views``, the CoST view coefficients of every clip are summed in it (on every rank)."""
+    with ``views``, the CoST view coefficients of every clip are summed in it (on every rank).
+    ``progress(n)`` is called after each batch of n videos of this worker's share."""
     it = split_iterator(lambda: eval_dataset(store, split, cfg.data, clips=clips, protocol=protocol), rank, world,
                         equal=False)
     training = model.training
@@ -88,6 +91,8 @@ def evaluate(model: nn.Module, store: Store, split: str, cfg: TrainConfig, *, cl
         ids += [str(v) for v in b["video_id"]]
         labels.append(b["label"])
         probs.append(p.cpu().numpy())
+        if progress:
+            progress(len(b["label"]))
     model.train(training)
     num_classes = len(store.classes)
     part = (ids, np.concatenate(labels) if labels else np.zeros(0, np.int64),

@@ -96,6 +96,15 @@ class Worker:
         if self.rank == 0:
             tracking.log_metrics(self.ctx.tracking_uri, self.ctx.run_id, metrics, step)
 
+    def progress_bar(self, **tqdm_args):
+        """Rank 0's bar, which Ray draws on the driver's console; None where the driver prints lines
+        instead (its console is not a terminal) and on the other ranks."""
+        if not (self.ctx.progress_bar and self.rank == 0):
+            return None
+        from ray.experimental import tqdm_ray
+
+        return tqdm_ray.tqdm(**tqdm_args)
+
     def say(self, text: str) -> None:
         if self.rank == 0:  # not print(): Ray Train's patched print would show the line twice
             sys.stdout.write(f"[train] {text}\n")
@@ -116,10 +125,16 @@ class Worker:
         """The multi-clip test protocol; rank 0 logs the metrics and the per-video scores."""
         d = self.cfg.data
         split = d.test_split or d.val_split
+        # Rank 0 sees its own share of the videos: the bar counts it times the workers.
+        bar = self.progress_bar(total=self.store.manifest["splits"][split]["videos"], unit=" videos",
+                                desc=f"test ({split}, {d.test_clips} clips, {d.test_protocol})")
         with ViewStats(model, len(self.store.classes)) as views:  # empty for C2D and C3D
             scores = evaluate(model, self.store, split, self.cfg, clips=d.test_clips, protocol=d.test_protocol,
                               rank=self.rank, world=self.world, device=self.device, autocast=self.step.autocast,
-                              views=views)
+                              views=views, progress=None if bar is None else lambda n: bar.update(n * self.world))
+        if bar is not None:
+            bar.n = bar.total  # every worker's share is scored and gathered
+            bar.close()
         metrics = scores.metrics("test")
         self.log(metrics, step)
         if self.rank == 0:
@@ -188,17 +203,13 @@ def maybe_fault(spec: str | None, rank: int, step: int, restored: bool) -> None:
 
 
 def progress_bar(w: Worker, ts: TrainState):
-    """Rank 0's bar over the whole run in clips (so its rate is clips/s and its ETA the run's), which
-    Ray draws on the driver's console; None where the driver prints lines instead."""
-    if not (w.ctx.progress_bar and w.rank == 0):
-        return None
-    from ray.experimental import tqdm_ray
-
+    """Rank 0's bar over the whole run in clips, so its rate is clips/s and its ETA the run's."""
     t = w.cfg.trainer
     per_step = t.batch_size * w.world
-    bar = tqdm_ray.tqdm(total=w.ctx.steps_per_epoch * t.epochs * per_step, unit=" clips",
-                        desc=f"epoch {ts.epoch + 1}/{t.epochs}")
-    bar.n = ts.step * per_step  # resumed: what is done already
+    bar = w.progress_bar(total=w.ctx.steps_per_epoch * t.epochs * per_step, unit=" clips",
+                         desc=f"epoch {ts.epoch + 1}/{t.epochs}")
+    if bar:
+        bar.n = ts.step * per_step  # resumed: what is done already
     return bar
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
 from pipeline.session import connect_ray, git_commit  # noqa: E402
-from pipeline.store import Store, StoreError, endpoint_options  # noqa: E402
+from pipeline.storage import arrow_filesystem, endpoint_options, is_node_local  # noqa: E402
+from pipeline.store import Store, StoreError  # noqa: E402
 from train import tracking  # noqa: E402
 from train.config import ConfigError, apply_override, flatten, from_dict, load_config, to_dict, to_yaml  # noqa: E402
 from train.settings import (  # noqa: E402
@@ -60,24 +61,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
-    """(config, checkpoint state for --eval-only): the config is the checkpoint's with the
-    command line's file and overrides on top."""
-    state = None
-    if args.eval_only:
-        from train.checkpoints import CheckpointError, load_state
+    """(config, checkpoint state for --eval-only): with --eval-only, the config is the checkpoint's,
+    or the command line's file, with the command line's overrides on top."""
+    if not args.eval_only:
+        return load_config(TrainConfig, args.config, args.overrides), None
+    from train.checkpoints import CheckpointError, load_state
 
-        endpoint = [o.partition("=")[2] for o in args.overrides if o.startswith("data.s3_endpoint=")]
-        try:
-            state = load_state(args.checkpoint, endpoint_options(endpoint[-1] if endpoint else None))
-        except CheckpointError as e:
-            raise ConfigError(f"--checkpoint: {e}") from None
-        data = state["config"]
-        if args.config:
-            data = to_dict(load_config(TrainConfig, args.config))
+    def overridden(data: dict) -> dict:
         for item in args.overrides:
             apply_override(TrainConfig, data, item)
-        return from_dict(TrainConfig, data), state
-    return load_config(TrainConfig, args.config, args.overrides), None
+        return data
+
+    given = overridden(to_dict(load_config(TrainConfig, args.config)) if args.config else {})
+    try:  # an s3:// checkpoint is read through the endpoint the command line gives
+        state = load_state(args.checkpoint, endpoint_options(given.get("data", {}).get("s3_endpoint")))
+    except CheckpointError as e:
+        raise ConfigError(f"--checkpoint: {e}") from None
+    return from_dict(TrainConfig, given if args.config else overridden(state["config"])), state
 
 
 def default_name(cfg: TrainConfig, store: Store) -> str:
@@ -104,11 +104,8 @@ def run_config(cfg: TrainConfig, name: str, verbose: bool):
 
     t = cfg.trainer
     path, fs = t.storage_path, None
-    if path.startswith("s3://") and cfg.data.s3_endpoint:
-        from pyarrow.fs import S3FileSystem
-
-        scheme, _, host = cfg.data.s3_endpoint.partition("://")
-        fs, path = S3FileSystem(endpoint_override=host, scheme=scheme), path[len("s3://"):]
+    if not is_node_local(path):  # the client and endpoint every other read uses, not one of Ray's own
+        fs, path = arrow_filesystem(path, storage_options(cfg))
     return ray.train.RunConfig(
         name=name, storage_path=path, storage_filesystem=fs,
         failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
@@ -117,6 +114,13 @@ def run_config(cfg: TrainConfig, name: str, verbose: bool):
                                                      checkpoint_score_order="max"),
         logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         worker_runtime_env={} if verbose else {"env_vars": {"RAY_DATA_LOG_LEVEL": "ERROR"}})
+
+
+def checkpoint_url(storage_path: str, path: str) -> str:
+    """A checkpoint's URL from its path on the storage filesystem, which for an object store lacks
+    the scheme (``bucket/runs/...``) that a later read (analyze, predict, --eval-only) needs."""
+    scheme = "" if is_node_local(storage_path) else storage_path.partition("://")[0]
+    return f"{scheme}://{path}" if scheme else path
 
 
 def log_complexity(uri: str, run_id: str, cfg: TrainConfig, num_classes: int) -> None:
@@ -214,10 +218,11 @@ def fit(args: argparse.Namespace, cfg: TrainConfig, name: str, ctx) -> str:  # c
         print(f"[train] stopped after epoch {epoch} of {t.epochs}; run again with name={name} to continue")
         return "KILLED"
     best = result.get_best_checkpoint("val_top1", "max") or result.checkpoint
-    tracking.client(ctx.tracking_uri).set_tag(ctx.run_id, "best_checkpoint", best.path)
+    url = checkpoint_url(t.storage_path, best.path)
+    tracking.client(ctx.tracking_uri).set_tag(ctx.run_id, "best_checkpoint", url)
     if cfg.tracking.log_model:
         log_model(ctx.tracking_uri, ctx.run_id, best)
-    print(f"[train] done: best checkpoint {best.path}")
+    print(f"[train] done: best checkpoint {url}")
     return "FINISHED"
 
 

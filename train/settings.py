@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.store import endpoint_options, unshared_paths, url_exists
+from pipeline.session import unshared_paths
+from pipeline.storage import endpoint_options, exists
 from train.config import ConfigError
 
 HOME = os.path.expanduser(os.environ.get("COST_HOME", "~/cost-on-ray"))
@@ -163,60 +164,63 @@ def absolute_paths(cfg: TrainConfig) -> None:
     cfg.trainer.storage_path = fix(cfg.trainer.storage_path)
 
 
-def check_values(cfg: TrainConfig) -> None:
-    """Value ranges the types cannot say."""
+def value_ranges(cfg: TrainConfig) -> dict[str, tuple[object, bool, str]]:
+    """Every key with a range of its own: key -> (value, whether it holds, the range in words)."""
     d, t, o, m = cfg.data, cfg.trainer, cfg.optim, cfg.model
     positive = {"data.frames": d.frames, "data.stride": d.stride, "data.crop": d.crop,
                 "data.eval_short_side": d.eval_short_side, "data.test_clips": d.test_clips,
-                "data.clips_per_video": d.clips_per_video, "model.conv1_t": m.conv1_t, "model.width": m.width,
+                "data.clips_per_video": d.clips_per_video, "model.width": m.width,
                 "data.rows_per_task": d.rows_per_task, "trainer.epochs": t.epochs,
                 "trainer.batch_size": t.batch_size, "trainer.num_workers": t.num_workers,
                 "trainer.log_every": t.log_every, "trainer.checkpoint_every": t.checkpoint_every,
                 "trainer.val_every": t.val_every,
                 "trainer.keep_checkpoints": t.keep_checkpoints, "optim.lr_batch": o.lr_batch}
     ranges = {key: (value, value >= 1, ">= 1") for key, value in positive.items()}
-    ranges.update({  # key: (value, holds, the range in words)
+    return ranges | {
         "optim.lr": (o.lr, o.lr > 0, "> 0"),
         "optim.momentum": (o.momentum, 0 <= o.momentum < 1, "in [0, 1)"),
         "optim.weight_decay": (o.weight_decay, o.weight_decay >= 0, ">= 0"),
         "optim.gamma": (o.gamma, 0 < o.gamma <= 1, "in (0, 1]"),
         "optim.warmup_epochs": (o.warmup_epochs, 0 <= o.warmup_epochs < t.epochs, "in [0, trainer.epochs)"),
         "optim.clip_grad": (o.clip_grad, o.clip_grad is None or o.clip_grad > 0, "> 0, or null for none"),
+        "optim.milestones": (list(o.milestones), all(0 < f < 1 for f in o.milestones)
+                             and list(o.milestones) == sorted(o.milestones), "increasing fractions in (0, 1)"),
         "model.dropout": (m.dropout, 0 <= m.dropout < 1, "in [0, 1)"),
         "model.blocks": (m.blocks, m.blocks is None or (len(m.blocks) == 4 and min(m.blocks) >= 1),
                          "four stages of >= 1 units each, or null for model.depth's"),
+        "model.conv1_t": (m.conv1_t, m.conv1_t >= 1 and m.conv1_t % 2 == 1, "odd and >= 1 (padded to keep T)"),
         "data.std": (d.std, min(d.std) > 0, "> 0 in every channel"),
+        "data.loader_cpus": (d.loader_cpus, d.loader_cpus > 0, "> 0"),
+        "data.shuffle_buffer": (d.shuffle_buffer, d.shuffle_buffer >= 0, ">= 0"),
+        "trainer.cpus_per_worker": (t.cpus_per_worker, t.cpus_per_worker > 0, "> 0"),
+        "trainer.max_failures": (t.max_failures, t.max_failures >= -1, ">= -1 (-1: without end)"),
         "tracking.system_metrics_s": (cfg.tracking.system_metrics_s, cfg.tracking.system_metrics_s >= 0,
                                       ">= 0 (0: none)"),
-    })
-    for key, (value, holds, words) in ranges.items():
+    }
+
+
+def check_values(cfg: TrainConfig) -> None:
+    """Every value range, then the rules that tie keys together."""
+    for key, (value, holds, words) in value_ranges(cfg).items():
         if not holds:
             raise ConfigError(f"config key '{key}' must be {words}, got {value}")
+    d, m = cfg.data, cfg.model
     lo, hi = d.train_short_side
     if not d.crop <= lo <= hi:
         raise ConfigError(f"config key 'data.train_short_side' must be a range [lo, hi] with "
                           f"data.crop ({d.crop}) <= lo <= hi, got {list(d.train_short_side)}")
     if d.eval_short_side < d.crop:
         raise ConfigError(f"config key 'data.eval_short_side' ({d.eval_short_side}) must be >= data.crop ({d.crop})")
-    if not all(0 < f < 1 for f in o.milestones) or list(o.milestones) != sorted(o.milestones):
-        raise ConfigError(f"config key 'optim.milestones' must be increasing fractions in (0, 1), "
-                          f"got {list(o.milestones)}")
-    if t.cpus_per_worker <= 0 or d.loader_cpus <= 0:
-        raise ConfigError("config keys 'trainer.cpus_per_worker' and 'data.loader_cpus' must be > 0")
-    if cfg.model.conv1_t % 2 == 0:
-        raise ConfigError(f"config key 'model.conv1_t' must be odd (padded to keep T), got {cfg.model.conv1_t}")
-    if not cfg.model.cost_shared and not cfg.model.arch.startswith("cost"):
+    if not m.cost_shared and not m.arch.startswith("cost"):
         raise ConfigError(f"config key 'model.cost_shared': false unshares CoST's view kernels; arch "
-                          f"{cfg.model.arch!r} has no CoST layer (use cost_a or cost_b)")
+                          f"{m.arch!r} has no CoST layer (use cost_a or cost_b)")
     if m.conv1_zero_mean and pretrained_path(m):
         raise ConfigError("config key 'model.conv1_zero_mean': true takes each conv1 filter's mean out, so the "
                           "ImageNet conv1 of model.pretrained would no longer compute what it learned; set it "
                           "false with pretrained weights")
-    if cfg.model.cost_impl == "composed" and cfg.model.arch != "cost_a":
+    if m.cost_impl == "composed" and m.arch != "cost_a":
         raise ConfigError(f"config key 'model.cost_impl': 'composed' is for arch cost_a only, got arch "
-                          f"{cfg.model.arch!r}; use auto, views, stacked or fold")
-    if d.shuffle_buffer < 0 or t.max_failures < -1:
-        raise ConfigError("config key 'data.shuffle_buffer' must be >= 0 and 'trainer.max_failures' >= -1")
+                          f"{m.arch!r}; use auto, views, stacked or fold")
 
 
 def check_against_store(cfg: TrainConfig, store) -> None:  # store: pipeline.store.Store
@@ -265,5 +269,5 @@ def check_shared(cfg: TrainConfig, tracking_uri: str) -> None:
 def check_files(cfg: TrainConfig) -> None:
     """The weights a run starts from exist (local or s3://)."""
     for key, path in (("pretrained", pretrained_path(cfg.model)), ("finetune_from", cfg.model.finetune_from)):
-        if path and not url_exists(path, storage_options(cfg)):
+        if path and not exists(path, storage_options(cfg)):
             raise ConfigError(f"config key 'model.{key}': {path} does not exist")

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 
-from pipeline.store import endpoint_options
+from pipeline.storage import endpoint_options
 from train.config import ConfigError
 from train.settings import HOME, TrainConfig
 

@@ -26,6 +26,8 @@ from mlflow.tracking import MlflowClient
 
 from cluster import local
 from pipeline.synthetic import SyntheticSpec, generate
+from train import tracking
+from train.checkpoints import load_state
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "secret-" + secrets.token_hex(8)  # the cluster's AWS secret key: must never reach MLflow or logs
@@ -171,7 +173,9 @@ def test_a_job_spread_over_both_nodes_survives_losing_one(cluster, store):
     assert found.info.status == "FINISHED" and found.data.metrics["epoch"] == 2
     assert {cluster["nodes"].get(n) for n in found.data.tags["worker_nodes"].split(",")} == {"head"}  # restarted
     assert {"loss", "clips_per_s", "val_top1", "test_top1"} <= set(found.data.metrics)
-    assert found.data.tags["best_checkpoint"].startswith(f"{cluster['bucket']}/runs/lost-node/")
+    # The best checkpoint as a URL that analyze, predict and --eval-only read back through the endpoint.
+    assert found.data.tags["best_checkpoint"].startswith(f"s3://{cluster['bucket']}/runs/lost-node/")
+    assert load_state(*tracking.run_checkpoint(uri, found.info.run_id))["config"]["name"] == "lost-node"
     # MLflow: the run in PostgreSQL, its artifacts in S3, the model loaded back through the server.
     with psycopg2.connect(cluster["mlflow_backend"].replace("+psycopg2", "")) as db, db.cursor() as cur:
         cur.execute("SELECT status FROM runs WHERE run_uuid = %s", (found.info.run_id,))

@@ -5,7 +5,8 @@ import pytest
 import simplejpeg
 
 from pipeline.decode import DecodeError, IsolatedDecoder, encode_video, scaled_size
-from pipeline.synthetic import SyntheticSpec, generate, motion_video, write_video
+from pipeline.scenes import motion_video
+from pipeline.synthetic import SyntheticSpec, generate, write_video
 
 decord = pytest.importorskip("decord")
 

@@ -18,7 +18,8 @@ import pytest
 import simplejpeg
 
 from pipeline.prepare import main as prepare
-from pipeline.store import Store, read_table
+from pipeline.storage import read_table
+from pipeline.store import Store
 from pipeline.synthetic import SyntheticSpec, generate
 
 decord = pytest.importorskip("decord")

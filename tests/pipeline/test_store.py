@@ -3,7 +3,8 @@
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.store import SCHEMA, open_shard, phase_rows, read_table, rows_to_table, shard_directory, write_shard
+from pipeline.storage import open_ranged, read_table
+from pipeline.store import SCHEMA, phase_rows, rows_to_table, shard_directory, write_shard
 
 
 def video_rows(n_frames=20, num_phases=8, video_id="train/v"):
@@ -44,7 +45,7 @@ def test_each_row_is_a_row_group_listed_in_the_footer(tmp_path):
     rows = video_rows() + video_rows(video_id="train/w")
     url = str(tmp_path / "shard.parquet")
     write_shard(rows_to_table(rows), url)
-    with open_shard(url) as f:
+    with open_ranged(url) as f:
         shard = pq.ParquetFile(f)
         directory = shard_directory(shard)
         assert shard.metadata.num_row_groups == len(rows) == len(directory)
@@ -73,8 +74,24 @@ def test_shard_on_s3(s3_server):
     assert read_table(url, s3_server.storage_options(), columns=["video_id", "phase"]).num_rows == 8
 
 
+def test_files_written_by_another_process_are_seen_after_a_listing(s3_server):
+    """fsspec caches a process's listings; a checkpoint that Ray Train's workers upload after this
+    process listed its folder must still be found."""
+    import s3fs
+
+    from pipeline.storage import exists, listing, write_json
+
+    opts, run = s3_server.storage_options(), f"s3://{s3_server.bucket}/runs/late"
+    write_json({"epoch": 1}, f"{run}/checkpoint_1/state.json", opts)
+    assert listing(run, opts) == ["checkpoint_1"]
+    other = s3fs.S3FileSystem(skip_instance_cache=True, **opts)  # another process's client
+    other.pipe(f"{s3_server.bucket}/runs/late/checkpoint_2/state.json", b"{}")
+    assert exists(f"{run}/checkpoint_2/state.json", opts)
+    assert listing(run, opts) == ["checkpoint_1", "checkpoint_2"]
+
+
 def test_node_local_paths_are_told_from_shared_ones():
-    from pipeline.store import is_node_local
+    from pipeline.storage import is_node_local
 
     for url in ("/data/store", "relative/store", "file:///data/store", "sqlite:///home/u/mlflow.db"):
         assert is_node_local(url), url

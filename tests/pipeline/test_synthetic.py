@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.synthetic import BROKEN_KINDS, SyntheticSpec, _motion_track, generate, main, motion_video, render
+from pipeline.scenes import _motion_track, motion_video, render
+from pipeline.synthetic import BROKEN_KINDS, SyntheticSpec, generate, main
 
 decord = pytest.importorskip("decord")
 

@@ -10,7 +10,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.prepare import main as prepare
-from pipeline.store import Store, read_table
+from pipeline.storage import read_table
+from pipeline.store import Store
 from results.analyze import main as analyze
 from results.predict import main as predict
 from train.checkpoints import make_model, save_state

@@ -4,7 +4,7 @@ import fsspec
 import pytest
 import torch
 
-from pipeline.store import endpoint_options
+from pipeline.storage import endpoint_options
 from train.checkpoints import CheckpointError, load_state, read_weights, save_state
 from train.models import build_model, load_2d_pretrained
 

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from pipeline.prepare import main as prepare
-from pipeline.store import Store, read_table
+from pipeline.storage import read_table
+from pipeline.store import Store
 from train.config import load_config
 from train.core import normalize
 from train.evaluate import evaluate

@@ -113,7 +113,7 @@ def test_the_console_shows_a_progress_bar_and_not_rays_info_lines(store, mlflow_
     """What a user's terminal shows: the command as a user runs it, joining the session's cluster."""
     code, out = in_terminal([sys.executable, str(ROOT / "train" / "main.py"),
                              *args(store, mlflow_server, tmp_path, "name=console", "trainer.epochs=2",
-                                   "trainer.log_every=4", "trainer.test_at_end=false", "tracking.log_model=false")],
+                                   "trainer.log_every=4", "tracking.log_model=false")],
                             timeout=900)
     assert code == 0, out[-3000:]
     assert "[train] epoch 1/2 done" in out and "[train] epoch 2/2 done" in out  # the workers' own lines
@@ -122,6 +122,11 @@ def test_the_console_shows_a_progress_bar_and_not_rays_info_lines(store, mlflow_
                       out)
     assert bars and bars[-1][1:] == ("100", "768"), out[-3000:]
     assert {b[0] for b in bars} == {"1", "2"}
+    # Then the test protocol's bar over the split's videos, ending whole (Ray's bars write 12 as 12.0).
+    videos = Store(store).manifest["splits"]["val"]["videos"]
+    tests = re.findall(r"test \(val, \d+ clips, \w+\): +(\d+)%\|.*?\| *([\d.]+)/([\d.]+) "
+                       r"\[[\d:]+<[\d:?]+, +[\d.]+ videos/s\]", out)
+    assert tests and tests[-1][0] == "100" and float(tests[-1][1]) == float(tests[-1][2]) == videos, out[-3000:]
     assert "step 4/24" not in out  # the progress lines a non-terminal console gets instead
     for line in ("Reporting training result", "Checkpoint successfully created", "Wrapping provided model",
                  "execution finished in", "Progress bars disabled", "Connecting to existing Ray cluster"):

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.prepare import main as prepare
-from pipeline.store import Store, read_table
+from pipeline.storage import read_table
+from pipeline.store import Store
 from results.predict import main as predict
 from train.checkpoints import save_state
 from train.config import to_dict

@@ -1,0 +1,132 @@
+"""Files by URL, wherever they live: local paths, s3:// on AWS or an S3-compatible server (MinIO,
+Ceph, moto), or any other fsspec URL. Every part of the project reads and writes through here.
+
+    opts = endpoint_options("http://minio:9000")      # {} for AWS and local paths
+    if exists("s3://bucket/store/manifest.json", opts):
+        manifest = read_json("s3://bucket/store/manifest.json", opts)
+    write_json({"a": 1}, "s3://bucket/x.json", opts)  # appears whole or not at all
+    fs, path = arrow_filesystem("s3://bucket/runs", opts)  # the same files, for Ray Train and Ray Data
+
+The options are fsspec's (s3fs's for s3://); an endpoint is the only one the project sets itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from typing import IO
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+TMP_MARK = ".tmp-"  # in the name of a local file being written; such files are never part of a store
+
+
+def endpoint_options(endpoint: str | None) -> dict:
+    """Storage options for an S3-compatible server at ``endpoint`` (none: AWS or local)."""
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def filesystem(url: str, options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(the filesystem that holds ``url``, the path of ``url`` on it). fsspec shares one client per
+    set of options in a process, with its listings cached; other processes (Ray Train's workers,
+    another job) write here too, so what this process listed of ``url``'s folders is dropped."""
+    fs, path = fsspec.core.url_to_fs(url, **(options or {}))
+    fs.invalidate_cache(path)
+    return fs, path
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for this machine's own disk, where files can be renamed and read by path."""
+    return isinstance(fs, LocalFileSystem)
+
+
+def is_node_local(url: str) -> bool:
+    """True for a path only this machine may see: no scheme, ``file://`` or ``sqlite://``."""
+    scheme = url.partition("://")[0] if "://" in url else ""
+    return scheme in ("", "file") or url.startswith("sqlite:")
+
+
+def arrow_filesystem(url: str, options: dict | None = None):  # -> (pyarrow.fs.FileSystem, str)
+    """The pyarrow view of ``url``'s filesystem and its path there, for Ray Train's ``storage_filesystem``
+    and Ray Data's readers: the same client and endpoint as every other read here."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = filesystem(url, options)
+    return PyFileSystem(FSSpecHandler(fs)), path
+
+
+def exists(url: str, options: dict | None = None) -> bool:
+    fs, path = filesystem(url, options)
+    return fs.exists(path)
+
+
+def size(url: str, options: dict | None = None) -> int:
+    fs, path = filesystem(url, options)
+    return fs.size(path)
+
+
+def listing(url: str, options: dict | None = None) -> list[str]:
+    """The names directly under the folder ``url``; empty where there is no such folder."""
+    fs, path = filesystem(url, options)
+    try:
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
+
+
+def read_bytes(url: str, options: dict | None = None) -> bytes:
+    fs, path = filesystem(url, options)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def open_ranged(url: str, options: dict | None = None) -> IO[bytes]:
+    """``url`` opened for reads of a few ranges: an object store is read in exactly the ranges asked
+    for (fsspec's default read-ahead would fetch megabytes beyond each one)."""
+    fs, path = filesystem(url, options)
+    return fs.open(path, "rb", cache_type="none")
+
+
+def read_json(url: str, options: dict | None = None) -> dict | None:
+    """The JSON object at ``url``, or None where there is no such file."""
+    try:
+        return json.loads(read_bytes(url, options))
+    except FileNotFoundError:
+        return None
+
+
+def read_table(url: str, options: dict | None = None, columns: Sequence[str] | None = None,
+               filters: list | None = None) -> pa.Table:
+    fs, path = filesystem(url, options)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=list(columns) if columns else None, filters=filters)
+
+
+def atomic_write(url: str, write: Callable[[IO[bytes]], None], options: dict | None = None) -> int:
+    """Call ``write(file)`` so that ``url`` appears whole or not at all; returns its size in bytes.
+
+    Local files are written under a temporary name and renamed; object stores publish an object
+    only once its upload completes."""
+    fs, path = filesystem(url, options)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    local = is_local(fs)
+    target = f"{path}{TMP_MARK}{uuid.uuid4().hex}" if local else path
+    try:
+        with fs.open(target, "wb") as f:
+            write(f)
+        if local:
+            os.replace(target, path)  # atomic on one file system
+    finally:
+        if local and os.path.exists(target):
+            os.remove(target)
+    return fs.size(path)
+
+
+def write_json(data: dict, url: str, options: dict | None = None) -> int:
+    text = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+    return atomic_write(url, lambda f: f.write(text), options)
