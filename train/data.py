@@ -18,6 +18,14 @@ video, round), whichever task and node draws it; the shuffle buffer is seeded pe
 worker). (The arrival order of streamed blocks is not fixed, so batches' make-up can differ between
 runs; the clips themselves do not.)
 
+Why the workers build each pass's dataset rather than take one from ``TorchTrainer(datasets=...)``
+(checked against Ray 2.60): a trainer's datasets are planned once, on the driver, before any
+worker runs, and every epoch re-executes that one plan. Here a pass's plan depends on its epoch
+(the shard order and every clip's RNG are seeded by it), and after a failure the epoch to resume
+is known only once a worker has loaded the checkpoint. So rank 0 builds the pass's dataset when it
+starts it and ``split_iterator`` shares it out; the result is the same ``streaming_split`` the
+trainer would make.
+
 Evaluation: per video, ``clips`` windows spread uniformly over the stored frames (paper: 10),
 each at ``eval_short_side`` as the test protocol's views (train/augment.py); every phase row of the
 video is read.

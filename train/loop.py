@@ -36,7 +36,7 @@ from pipeline.store import Store
 from train import tracking
 from train.checkpoints import load_state, make_model, read_weights, save_state
 from train.config import from_dict
-from train.core import Step, TrainState, optimizer
+from train.core import Step, TrainState, compress_gradients, optimizer
 from train.data import epochs_per_stream, split_iterator, train_dataset
 from train.evaluate import evaluate
 from train.models import load_2d_pretrained
@@ -167,7 +167,9 @@ def build(w: Worker, state: dict | None) -> TrainState:
         report = load_2d_pretrained(model, weights, inflate=cfg.model.inflate)
         w.say(f"ImageNet initialisation from {cfg.model.pretrained}: {report.summary()}")
     model = model.to(memory_format=w.step.memory_format)
-    net = ray.train.torch.prepare_model(model)
+    net = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"bucket_cap_mb": cfg.trainer.bucket_mb})
+    if cfg.trainer.grad_compression == "bf16" and isinstance(net, nn.parallel.DistributedDataParallel):
+        compress_gradients(net)
     if cfg.trainer.compile:
         net = torch.compile(net)
     ts = TrainState(model, net, *optimizer(model, cfg, w.world, w.ctx.steps_per_epoch))

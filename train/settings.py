@@ -104,6 +104,10 @@ class TrainerConfig:
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on GPU; CPU always runs fp32
     channels_last: bool = True
     compile: bool = False
+    # Gradient all-reduce (DDP, 2+ workers): "bf16" sends gradients as bfloat16, half the bytes
+    # between nodes (bench/RESULTS.md, scaling); bucket_mb is DDP's bucket size (its default, 25).
+    grad_compression: Literal["none", "bf16"] = "none"
+    bucket_mb: float = 25.0
     seed: int = 0
     log_every: int = 20  # steps between metric logs and progress lines
     checkpoint_every: int = 1000  # steps between checkpoints (and one at each epoch end)
@@ -193,6 +197,7 @@ def value_ranges(cfg: TrainConfig) -> dict[str, tuple[object, bool, str]]:
         "data.loader_cpus": (d.loader_cpus, d.loader_cpus > 0, "> 0"),
         "data.shuffle_buffer": (d.shuffle_buffer, d.shuffle_buffer >= 0, ">= 0"),
         "trainer.cpus_per_worker": (t.cpus_per_worker, t.cpus_per_worker > 0, "> 0"),
+        "trainer.bucket_mb": (t.bucket_mb, t.bucket_mb > 0, "> 0"),
         "trainer.max_failures": (t.max_failures, t.max_failures >= -1, ">= -1 (-1: without end)"),
         "tracking.system_metrics_s": (cfg.tracking.system_metrics_s, cfg.tracking.system_metrics_s >= 0,
                                       ">= 0 (0: none)"),

@@ -79,6 +79,23 @@ def test_the_launcher_config_passes_rays_schema_and_is_safe():
     assert "--host 0.0.0.0" not in head  # MLflow on the private address only
 
 
+def test_gpu_nodes_reach_each_other_over_efa():
+    """Each p5 node: an EFA interface on every one of its 32 network cards, in one placement group,
+    each interface with the subnet and groups Ray's AWS bootstrap requires; NCCL told to use EFA."""
+    from ray.autoscaler._private.aws.config import _configure_subnets_and_groups_from_network_interfaces
+
+    types = yaml.safe_load((CLUSTER / "aws.yaml").read_text())["available_node_types"]
+    gpu = types["gpu"]["node_config"]
+    cards = gpu["NetworkInterfaces"]
+    assert sorted(c["NetworkCardIndex"] for c in cards) == list(range(32))
+    assert [(c["DeviceIndex"], c["InterfaceType"]) for c in cards] == [(0, "efa")] + [(1, "efa-only")] * 31
+    assert gpu["Placement"]["GroupName"]  # a cluster placement group: EFA needs its nodes close
+    _configure_subnets_and_groups_from_network_interfaces(gpu)  # raises on a card without subnet or group
+    setup = "\n".join(types["gpu"]["worker_setup_commands"])
+    assert "FI_PROVIDER=efa" in setup and "/opt/amazon/ofi-nccl/lib" in setup
+    assert not any("NetworkInterfaces" in types[t]["node_config"] for t in ("head", "cpu"))
+
+
 def test_kuberay_manifests_are_complete_and_consistent():
     kinds = kuberay()
     (ray_cluster,) = kinds["RayCluster"]
@@ -91,6 +108,9 @@ def test_kuberay_manifests_are_complete_and_consistent():
     gpu = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     cpu = groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert int(gpu["nvidia.com/gpu"]) == 8 and "nvidia.com/gpu" not in cpu
+    assert int(gpu["vpc.amazonaws.com/efa"]) == 32 and "vpc.amazonaws.com/efa" not in cpu  # EFA on GPU nodes
+    gpu_env = {e["name"]: e["value"] for e in groups["gpu"]["template"]["spec"]["containers"][0]["env"]}
+    assert gpu_env["FI_PROVIDER"] == "efa"
     for g in groups.values():
         assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
     images = {c["image"] for kind in kinds.values() for d in kind for c in containers(d)}
@@ -114,6 +134,7 @@ def test_dockerfile_matches_the_project_pins():
     (base,) = re.findall(r"^FROM (\S+)", text, re.M)
     assert base.startswith(f"rayproject/ray:{RAY}-py311-cu")
     assert f"torch=={TORCH} --index-url https://download.pytorch.org/whl/cu" in text
+    assert "efa_installer.sh" in text and "/opt/amazon/ofi-nccl/lib" in text  # NCCL over EFA in the image
     for folder in ("pipeline", "train", "results", "configs"):
         assert f"COPY --chown=ray:users {folder} ./{folder}" in text
 

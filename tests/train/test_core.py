@@ -101,3 +101,49 @@ def test_a_train_state_restored_from_its_state_dict_goes_on_as_if_never_stopped(
     assert second.sched.get_last_lr() == whole.sched.get_last_lr()
     for (name, a), b in zip(whole.model.state_dict().items(), second.model.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def _ddp_gradients(rank: int, port: int, out: str) -> None:
+    """One rank of a 2-process gloo group: DDP with small buckets and bf16 gradient compression;
+    saves its gradients, and the fp32 average that plain DDP would give, computed locally."""
+    import os
+
+    import torch.distributed as dist
+
+    from train.core import compress_gradients
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = build_model("cost_b", num_classes=4, blocks=(1, 1, 1, 1), width=8, pool2="none", dropout=0.0)
+    clips = [torch.randn(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(r)) for r in range(2)]
+    expect = []
+    for x in clips:  # each rank's own gradients, summed and halved: the fp32 all-reduce
+        model.zero_grad()
+        model(x).square().mean().backward()
+        expect.append([p.grad.clone() for p in model.parameters()])
+    model.zero_grad()
+    net = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.01)
+    compress_gradients(net)
+    net(clips[rank]).square().mean().backward()
+    fp32 = [(a + b) / 2 for a, b in zip(*expect, strict=True)]
+    torch.save({"got": [p.grad for p in model.parameters()], "fp32": fp32}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gradients_cross_the_group_as_bf16_and_average_as_fp32_would(tmp_path):
+    """trainer.grad_compression=bf16 on gloo, as CPU runs use it: both ranks end with the same
+    gradients, the fp32 average to bf16's precision and not exactly (they did travel as bf16)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_gradients, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for a, b, fp32 in zip(ranks[0]["got"], ranks[1]["got"], ranks[0]["fp32"], strict=True):
+        assert torch.equal(a, b) and a.dtype == torch.float32
+        assert (a - fp32).abs().max() <= 2e-2 * fp32.abs().max()  # bf16: 8 bits of mantissa, ~0.4%
+    assert any(not torch.equal(a, fp32) for a, fp32 in zip(ranks[0]["got"], ranks[0]["fp32"], strict=True))
