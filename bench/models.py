@@ -24,7 +24,7 @@ from torch import nn
 
 # The GPU machine runs this from a bare checkout (no project install): import from the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train.models import ARCHS, CoST, build_model, formulations  # noqa: E402
+from train.models import ARCHS, CoST, build_model, formulations, to_channels_last  # noqa: E402
 
 
 def timed(step: Callable[[], None], iters: int, warmup: int, device: str) -> float:
@@ -53,7 +53,7 @@ def model_table(args: argparse.Namespace) -> None:
     for arch, extra in variants:
         model = build_model(arch, num_classes=400, **kwargs, **extra).to(args.device)
         if args.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
+            model = to_channels_last(model)
 
         def step(model=model) -> None:
             with amp:

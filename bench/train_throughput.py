@@ -42,8 +42,8 @@ def measure(arch: str, impl: str, mode: str, args: argparse.Namespace) -> tuple[
     if impl != "-":
         kwargs["cost_impl"] = impl
     train_step = Step(args.device, mean=(0.45,) * 3, std=(0.225,) * 3, clip_grad=40.0,
-                      precision="fp32" if args.fp32 else "bf16")
-    model = build_model(arch, num_classes=400, **kwargs).to(args.device, memory_format=train_step.memory_format)
+                      precision="fp32" if args.fp32 else "auto")
+    model = train_step.place(build_model(arch, num_classes=400, **kwargs))
     net = torch.compile(model) if mode == "compiled" else model
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)

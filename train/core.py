@@ -2,7 +2,7 @@
 runs, and is tested, anywhere torch does - a laptop, or a bare GPU machine with nothing else.
 
     step = Step.for_config(cfg, device)               # or Step(device, mean=..., std=..., ...)
-    model = model.to(device, memory_format=step.memory_format)
+    model = step.place(model)                         # on the device, in the step's memory layout
     opt, sched = optimizer(model, cfg, world, steps_per_epoch)
     loss = step(net, opt, sched, clips, labels)       # uint8 (N, T, H, W, 3) clips, int64 labels
 
@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.models import to_channels_last
+
 if TYPE_CHECKING:
     from train.settings import TrainConfig
 
@@ -39,18 +41,28 @@ def normalize(clips: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
 
 
 class Step:
-    """One training step on ``device``: normalise, forward (bf16 autocast and channels-last-3d on
-    CUDA, as asked), cross-entropy, backward, gradient clipping, SGD and scheduler steps."""
+    """One training step on ``device``: normalise, forward (bf16 autocast, channels-last-3d),
+    cross-entropy, backward, gradient clipping, SGD and scheduler steps.
+
+    ``precision``: "auto" is bf16 autocast on CUDA and fp32 elsewhere, "bf16" autocasts on any
+    device (CPU too), "fp32" never. ``channels_last``: None is on for CUDA only (on CPU it is
+    slower), True / False on any device."""
 
     def __init__(self, device: torch.device | str, *, mean: Sequence[float], std: Sequence[float],
-                 clip_grad: float | None = None, precision: str = "bf16", channels_last: bool = True) -> None:
+                 clip_grad: float | None = None, precision: str = "auto", channels_last: bool | None = None) -> None:
         self.device = torch.device(device)
         self.mean, self.std, self.clip_grad = mean, std, clip_grad
         cuda = self.device.type == "cuda"
         # The loader's clips are channels-last already; DDP wants gradients in the model's own layout.
-        self.memory_format = torch.channels_last_3d if cuda and channels_last else torch.contiguous_format
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and precision == "bf16" \
-            else contextlib.nullcontext()
+        self.channels_last = cuda if channels_last is None else channels_last
+        self.memory_format = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        bf16 = precision == "bf16" or (precision == "auto" and cuda)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """``model`` on the step's device, in its memory layout."""
+        model = model.to(self.device)
+        return to_channels_last(model) if self.channels_last else model
 
     @classmethod
     def for_config(cls, cfg: TrainConfig, device: torch.device | str) -> Step:

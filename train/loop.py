@@ -166,7 +166,7 @@ def build(w: Worker, state: dict | None) -> TrainState:
         weights = read_weights(cfg.model.pretrained, storage_options(cfg))  # a shared path or s3://
         report = load_2d_pretrained(model, weights, inflate=cfg.model.inflate)
         w.say(f"ImageNet initialisation from {cfg.model.pretrained}: {report.summary()}")
-    model = model.to(memory_format=w.step.memory_format)
+    model = w.step.place(model)
     net = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"bucket_cap_mb": cfg.trainer.bucket_mb})
     if cfg.trainer.grad_compression == "bf16" and isinstance(net, nn.parallel.DistributedDataParallel):
         compress_gradients(net)

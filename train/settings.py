@@ -101,8 +101,9 @@ class TrainerConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     placement: Literal["PACK", "SPREAD"] = "PACK"  # workers on as few nodes as fit, or over as many
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on GPU; CPU always runs fp32
-    channels_last: bool = True
+    # auto: bf16 autocast on GPU, fp32 on CPU; bf16: autocast on any device (CPU too); fp32: never.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: bool | None = None  # channels-last-3d memory; null: on GPU only (on CPU it is slower)
     compile: bool = False
     # Gradient all-reduce (DDP, 2+ workers): "bf16" sends gradients as bfloat16, half the bytes
     # between nodes (bench/RESULTS.md, scaling); bucket_mb is DDP's bucket size (its default, 25).

@@ -50,10 +50,16 @@ def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
 
 
+# What a GPU run switches on, on CPU: bf16 autocast, channels-last-3d (CoST(b)'s 4-D kernel
+# included), gradients all-reduced as bf16 in small buckets. torch.compile: tests/train/test_core.py.
+GPU_SETTINGS = ["trainer.precision=bf16", "trainer.channels_last=true", "trainer.grad_compression=bf16",
+                "trainer.bucket_mb=0.5"]
+
+
 def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path, capsys):
     assert clips_per_epoch(Store(store), "train", 8) == STEPS_PER_EPOCH * 2 * 16
     assert main(args(store, mlflow_server, tmp_path, "name=learn", "trainer.epochs=4", "trainer.log_every=4",
-                     "tracking.system_metrics_s=1", "trainer.grad_compression=bf16", "trainer.bucket_mb=0.5")) == 0
+                     "tracking.system_metrics_s=1", *GPU_SETTINGS)) == 0
     # Before it starts, the run says what it will do in the paper's units: clips and iterations.
     assert "48 videos x 8 clip(s) = 384 clips per epoch; 4 epochs = 1,536 clips in 48 iterations of 32 clips " \
            "(2 workers x 16); lr drops at iterations 24, 36" in capsys.readouterr().out
@@ -61,7 +67,7 @@ def test_ddp_training_learns_and_is_tracked(store, mlflow_server, tmp_path, caps
     rid = run.info.run_id
     assert run.info.status == "FINISHED"
     assert run.data.params["model.arch"] == "cost_b" and run.data.params["trainer.num_workers"] == "2"
-    assert run.data.params["trainer.grad_compression"] == "bf16"  # gradients crossed gloo as bf16, and it learns
+    assert run.data.params["trainer.precision"] == "bf16" and run.data.params["trainer.grad_compression"] == "bf16"
     assert run.data.tags["arch"] == "cost_b" and run.data.tags["frames"] == "4"
     assert run.data.tags["store_fingerprint"] == Store(store).manifest["input_fingerprint"]
     assert run.data.tags["test_protocol"] == "full" and run.data.params["data.test_protocol"] == "full"

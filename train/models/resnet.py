@@ -233,3 +233,13 @@ def build_model(arch: str, *, depth: int = 50, num_classes: int = 400, **kwargs)
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     return ARCHS[arch](depth=depth, num_classes=num_classes, **kwargs)
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """``model`` with its 5-D weights (Conv3d) in channels-last-3d memory, in place. torch's
+    ``model.to(memory_format=torch.channels_last_3d)`` raises on any 4-D weight, and CoST's shared
+    3x3 kernel is one; it stays as it is (the op reshapes it per view anyway)."""
+    for param in model.parameters():
+        if param.dim() == 5:
+            param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
+    return model
