@@ -4,8 +4,8 @@ On the synthetic `motion` dataset every class has a time-reversed twin with the 
 so a model without temporal convolutions (C2D) cannot beat ~50% top-1, while C3D, CoST(a) and
 CoST(b) learn it. A reduced `make demo`: the demo's store and model (configs/tiny_synthetic.yaml),
 trained in this process with the project's own clip cutting, augmentation and test protocol
-(bench/motion_grid.py's ``fit``; Ray Train itself is tested in test_main.py). Beside it, the
-hardest cell of bench/motion_grid.py: small objects moving slowly.
+(bench/motion_grid.py's ``fit``; Ray Train itself is tested in test_main.py). Beside it, a cell
+of bench/motion_grid.py: small squares of another generator, moving slowly.
 """
 
 from __future__ import annotations
@@ -54,16 +54,16 @@ def test_only_temporal_models_tell_a_motion_from_its_reversal(motion, trained, g
 
 
 @pytest.fixture(scope="module")
-def hardest(ray_cluster, tmp_path_factory, grid) -> str:
-    """bench/motion_grid.py's TEST_CELL, its hardest: objects 1/8 of the frame at 0.5 px per frame."""
+def squares(ray_cluster, tmp_path_factory, grid) -> str:
+    """bench/motion_grid.py's TEST_CELL: 1/8-frame squares at 0.5 px per frame, clips of half a 64-frame video."""
     layout, size, speed, frames = grid.TEST_CELL
-    return grid.make_store(tmp_path_factory.mktemp("hardest"), layout, size, speed, frames, train=grid.TRAIN,
+    return grid.make_store(tmp_path_factory.mktemp("squares"), layout, size, speed, frames, train=grid.TEST_TRAIN,
                            val=grid.VAL, seed=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_motion_of_the_motion_grids_hardest_cell(hardest, grid, arch):
-    _, _, top1 = grid.fit(hardest, arch)
+def test_motion_of_small_slow_squares_from_another_generator(squares, grid, arch):
+    _, _, top1 = grid.fit(squares, arch)
     print(f"{arch}: test top-1 {top1:.3f}")
     assert grid.passes(arch, top1)
 
