@@ -128,7 +128,8 @@ def start_moto(root: Path, bucket: str, keys: dict[str, str]) -> tuple[subproces
 
 def ray_node_cmd(temp_dir: str, *, head_port: int, cpus: float, resources: dict, head: bool = False,
                  dashboard_port: int = 0) -> list[str]:
-    """``ray start --block`` for one node, its ports chosen here (nodes share the host). Each node
+    """``ray start --block`` for one node, every port chosen here: its nodes share the host, and so
+    may other clusters (the test session's head runs beside tests/cluster's). Each node
     needs its own ``temp_dir``: in a shared one, a node's runtime-env agent deletes job working
     folders that another node's driver is running in."""
     ports = [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
@@ -138,7 +139,7 @@ def ray_node_cmd(temp_dir: str, *, head_port: int, cpus: float, resources: dict,
               f"--resources={json.dumps(resources)}", "--disable-usage-stats", f"--temp-dir={temp_dir}", *ports]
     if head:
         return [str(BIN / "ray"), "start", "--head", f"--port={head_port}", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dashboard_port}", *common]
+                f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}", *common]
     return [str(BIN / "ray"), "start", f"--address=127.0.0.1:{head_port}", *common]
 
 

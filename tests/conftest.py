@@ -31,7 +31,7 @@ from types import ModuleType
 
 import pytest
 
-from cluster.local import BIN, free_port, http_ok, start, start_mlflow, start_moto, stop, wait_until
+from cluster.local import free_port, http_ok, ray_node_cmd, start, start_mlflow, start_moto, stop, wait_until
 
 # Tests must never reach a real cloud account or phone home.
 os.environ.update({
@@ -90,10 +90,8 @@ def ray_cluster() -> Iterator[RayCluster]:
     # `--block` keeps `ray start` in the foreground: stopping it stops exactly this cluster.
     # Logical CPUs exceed the 2 real cores: train workers ask for fractions of a CPU, and Ray Data
     # tasks must still find slots beside them, or a pipeline on 2 cores starves.
-    proc = start([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                  f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                  f"--num-cpus={max(4, os.cpu_count() or 1)}", "--num-gpus=0",
-                  f"--temp-dir={temp_dir}", "--disable-usage-stats"], log)
+    proc = start(ray_node_cmd(str(temp_dir), head_port=port, cpus=max(4, os.cpu_count() or 1), resources={},
+                              head=True, dashboard_port=dash), log)
     address, dashboard_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
     wait_until(lambda: http_ok(f"{dashboard_url}/api/version"), "ray head", proc, log, timeout=180)
     old = os.environ.get("RAY_ADDRESS")

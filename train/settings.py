@@ -186,7 +186,8 @@ def value_ranges(cfg: TrainConfig) -> dict[str, tuple[object, bool, str]]:
         "optim.momentum": (o.momentum, 0 <= o.momentum < 1, "in [0, 1)"),
         "optim.weight_decay": (o.weight_decay, o.weight_decay >= 0, ">= 0"),
         "optim.gamma": (o.gamma, 0 < o.gamma <= 1, "in (0, 1]"),
-        "optim.warmup_epochs": (o.warmup_epochs, 0 <= o.warmup_epochs < t.epochs, "in [0, trainer.epochs)"),
+        "optim.warmup_epochs": (o.warmup_epochs, 0 <= o.warmup_epochs < t.epochs,
+                                f"in [0, trainer.epochs) = [0, {t.epochs})"),
         "optim.clip_grad": (o.clip_grad, o.clip_grad is None or o.clip_grad > 0, "> 0, or null for none"),
         "optim.milestones": (list(o.milestones), all(0 < f < 1 for f in o.milestones)
                              and list(o.milestones) == sorted(o.milestones), "increasing fractions in (0, 1)"),

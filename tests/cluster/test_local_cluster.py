@@ -76,8 +76,8 @@ def train_args(cluster: dict, store: str, name: str, *extra: str) -> list[str]:
     return ["train/main.py", "--config", "configs/tiny_synthetic.yaml", f"name={name}", f"data.store={store}",
             f"data.s3_endpoint={cluster['s3_endpoint']}", f"trainer.storage_path=s3://{cluster['bucket']}/runs",
             "tracking.experiment=cluster", "data.frames=4", "data.stride=8", "data.test_clips=2",
-            "trainer.val_every=1", "trainer.placement=SPREAD", "trainer.log_every=2", "data.clips_per_video=8",
-            "model.pretrained=none", *extra]  # a Kinetics-layout store: from scratch on purpose
+            "optim.warmup_epochs=0.5", "trainer.val_every=1", "trainer.placement=SPREAD", "trainer.log_every=2",
+            "data.clips_per_video=8", "model.pretrained=none", *extra]  # Kinetics layout: from scratch on purpose
 
 
 def find_run(uri: str, name: str):

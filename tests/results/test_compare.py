@@ -18,7 +18,7 @@ from results.compare import main
 ROOT = Path(__file__).resolve().parents[2]
 # The demo's model, one short epoch of 4-frame clips.
 TINY = ["data.frames=4", "data.stride=8", "data.test_clips=2", "data.clips_per_video=2", "trainer.epochs=1",
-        "trainer.val_every=1", "tracking.log_model=false", "tracking.system_metrics_s=0"]
+        "optim.warmup_epochs=0.5", "trainer.val_every=1", "tracking.log_model=false", "tracking.system_metrics_s=0"]
 
 
 @pytest.fixture

@@ -39,7 +39,8 @@ def test_the_core_and_the_models_import_no_ray_mlflow_or_data_code():
 def test_the_core_learns_a_batch_in_a_few_steps(arch):
     """The demo's optimiser and step, with clipping, on one batch of 8 random clips: the loss falls."""
     torch.manual_seed(0)
-    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny_synthetic.yaml", ["data.store=unused", "optim.clip_grad=1"])
+    cfg = load_config(TrainConfig, ROOT / "configs" / "tiny_synthetic.yaml",
+                      ["data.store=unused", "optim.clip_grad=1", "optim.warmup_epochs=0.5"])
     model = build_model(arch, num_classes=4, blocks=(1, 1, 1, 1), width=8, pool2="none")
     opt, sched = optimizer(model, cfg, world=1, steps_per_epoch=10)
     step = Step.for_config(cfg, "cpu")
@@ -66,7 +67,8 @@ def test_every_branch_a_gpu_run_takes_trains_on_cpu(arch, overrides):
     formulation - through the core's step with gradient clipping: the loss is finite and falls."""
     torch.manual_seed(0)
     cfg = load_config(TrainConfig, ROOT / "configs" / "tiny_synthetic.yaml",
-                      ["data.store=unused", f"model.arch={arch}", "optim.clip_grad=1", *overrides])
+                      ["data.store=unused", f"model.arch={arch}", "optim.clip_grad=1", "optim.warmup_epochs=0.5",
+                       *overrides])
     step = Step.for_config(cfg, "cpu")
     model = step.place(make_model(cfg.model, 4))  # the demo's model
     assert step.channels_last == (cfg.trainer.channels_last is True)

