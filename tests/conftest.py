@@ -4,7 +4,7 @@
   sets ``RAY_ADDRESS`` so entry points called in-process join it.
 * ``mlflow_server`` - ``mlflow server`` on a SQLite store with served artifacts.
 * ``s3_server`` - ``moto_server`` with a bucket; fake credentials are set for the whole session.
-* ``bench_script`` - loads a benchmark script of bench/ by name (they are scripts, not a package).
+* ``bench_script`` - loads a benchmark script of bench/ by name (``bench.<name>``).
 
 Each is started only when a test asks for it. ``@pytest.mark.gpu`` tests are skipped where
 torch sees no CUDA device.
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import importlib.util
+import importlib
 import os
 import pty
 import select
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import termios
 import time
@@ -58,15 +59,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @functools.cache
 def _load_bench(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    # As ``bench.<name>``, the name the scripts import each other by, so that a process they
+    # spawn (bench/motion_grid.py's fit_many) finds their functions by that name too.
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"bench.{name}")
 
 
 @pytest.fixture(scope="session")

@@ -45,8 +45,8 @@ class Step:
     cross-entropy, backward, gradient clipping, SGD and scheduler steps.
 
     ``precision``: "auto" is bf16 autocast on CUDA and fp32 elsewhere, "bf16" autocasts on any
-    device (CPU too), "fp32" never. ``channels_last``: None is on for CUDA only (on CPU it is
-    slower), True / False on any device."""
+    device (CPU too), "fp32" never. ``channels_last``: None is on for CUDA only (on CPU it
+    helps some models and not others: bench/RESULTS.md), True / False on any device."""
 
     def __init__(self, device: torch.device | str, *, mean: Sequence[float], std: Sequence[float],
                  clip_grad: float | None = None, precision: str = "auto", channels_last: bool | None = None) -> None:

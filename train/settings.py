@@ -103,7 +103,7 @@ class TrainerConfig:
     placement: Literal["PACK", "SPREAD"] = "PACK"  # workers on as few nodes as fit, or over as many
     # auto: bf16 autocast on GPU, fp32 on CPU; bf16: autocast on any device (CPU too); fp32: never.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    channels_last: bool | None = None  # channels-last-3d memory; null: on GPU only (on CPU it is slower)
+    channels_last: bool | None = None  # channels-last-3d memory; null: on GPU only (on CPU: bench/RESULTS.md)
     compile: bool = False
     # Gradient all-reduce (DDP, 2+ workers): "bf16" sends gradients as bfloat16, half the bytes
     # between nodes (bench/RESULTS.md, scaling); bucket_mb is DDP's bucket size (its default, 25).

@@ -1,8 +1,8 @@
 """Multi-node: cluster/local.py starts a Ray head and a worker node as separate processes on
 127.0.0.1 (token auth on), PostgreSQL, moto and an MLflow server (PostgreSQL backend, S3
-artifacts). prepare and train/main.py run as users run them, with the store and checkpoints on
-S3; the workers spread over both nodes, a lost node is survived from the checkpoint, and no
-credential reaches MLflow. The node-killing test runs last: the cluster has one node after it."""
+artifacts). prepare, train/main.py and results/compare.py run as users run them, with the store
+and checkpoints on S3; the workers spread over both nodes, a lost node is survived from the
+checkpoint, and no credential reaches MLflow. The node-killing test runs last: the cluster has one node after it."""
 
 from __future__ import annotations
 
@@ -116,35 +116,18 @@ def registered_checkpoint(fs: s3fs.S3FileSystem, run_dir: str) -> bool:
     return any(json.loads(fs.cat(p))["latest_checkpoint_result"] for p in snapshots)
 
 
-def test_a_comparison_runs_as_a_job(cluster, store):
-    """results/compare.py as users submit it: its members train on the cluster, then the report."""
-    overrides = [a for a in train_args(cluster, store, "unused", "trainer.epochs=1", "tracking.log_model=false",
-                                       f"tracking.uri={cluster['mlflow']}")[3:]
-                 if not a.startswith(("name=", "tracking.experiment="))]
+def test_a_comparison_job_spread_over_both_nodes_survives_losing_one(cluster, store):
+    """One job, submitted as users do (`ray job submit`, token auth): results/compare.py, whose member
+    trains on the cluster, then the report. The member's first worker group spans the two nodes;
+    the worker node is then killed after the first checkpoint, and the member finishes from that
+    checkpoint on the head."""
+    overrides = [a for a in train_args(cluster, store, "unused", "trainer.epochs=2", "trainer.checkpoint_every=2",
+                                       "trainer.max_failures=2", f"tracking.uri={cluster['mlflow']}")[3:]
+                 if not a.startswith("name=")]  # the job's driver runs on the head, with the head's env
     cmd = [str(local.BIN / "ray"), "job", "submit", "--address", cluster["ray_dashboard"], "--working-dir", str(ROOT),
-           "--", sys.executable, "results/compare.py", "--config", "configs/tiny_synthetic.yaml", "--archs", "c2d",
-           "--name", "job", *overrides, "tracking.experiment=cluster-compare"]
-    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **cluster["env"]}, capture_output=True, text=True,
-                          timeout=600)
-    text = done.stdout + done.stderr
-    assert done.returncode == 0 and "succeeded" in text, text[-5000:]
-    client = MlflowClient(cluster["mlflow"])
-    exp = client.get_experiment_by_name("cluster-compare").experiment_id
-    (member,) = client.search_runs([exp], "tags.mode = 'train'")
-    assert member.data.tags["cost.run_name"] == "job-c2d-s0" and member.info.status == "FINISHED"
-    (report,) = client.search_runs([exp], "tags.mode = 'report'")
-    assert "report.html" in {f.path for f in client.list_artifacts(report.info.run_id)}
-    assert "| C2D |" in text  # the report's table, printed by the job
-
-
-def test_a_job_spread_over_both_nodes_survives_losing_one(cluster, store):
-    """One run, submitted as users do (`ray job submit`, token auth), covers both: its first worker
-    group spans the two nodes; the worker node is then killed after the first checkpoint, and the
-    run finishes from that checkpoint on the head."""
-    extra = ["trainer.epochs=2", "trainer.checkpoint_every=2", "trainer.max_failures=2",
-             f"tracking.uri={cluster['mlflow']}"]  # the job's driver runs on the head, with the head's env
-    cmd = [str(local.BIN / "ray"), "job", "submit", "--address", cluster["ray_dashboard"], "--working-dir", str(ROOT),
-           "--", sys.executable, *train_args(cluster, store, "lost-node", *extra)]
+           "--", sys.executable, "results/compare.py", "--config", "configs/tiny_synthetic.yaml", "--archs", "cost_b",
+           "--name", "lost-node", *overrides]
+    name = "lost-node-cost_b-s0"  # the member's run
     env = {**os.environ, **cluster["env"]}
     log = cluster["root"] / "lost-node.log"
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": cluster["s3_endpoint"]})
@@ -152,7 +135,7 @@ def test_a_job_spread_over_both_nodes_survives_losing_one(cluster, store):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 300
-            while not registered_checkpoint(fs, f"{cluster['bucket']}/runs/lost-node"):
+            while not registered_checkpoint(fs, f"{cluster['bucket']}/runs/{name}"):
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
                 time.sleep(1)
             local.kill_node(cluster["root"] / "c", 1)
@@ -169,13 +152,13 @@ def test_a_job_spread_over_both_nodes_survives_losing_one(cluster, store):
         ["head", "worker_node_1"]
     assert re.search(r"resumed from checkpoint at epoch \d+, step [1-9]", text), text[-5000:]
     uri = cluster["mlflow"]
-    found = find_run(uri, "lost-node")
+    found = find_run(uri, name)
     assert found.info.status == "FINISHED" and found.data.metrics["epoch"] == 2
     assert {cluster["nodes"].get(n) for n in found.data.tags["worker_nodes"].split(",")} == {"head"}  # restarted
     assert {"loss", "clips_per_s", "val_top1", "test_top1"} <= set(found.data.metrics)
     # The best checkpoint as a URL that analyze, predict and --eval-only read back through the endpoint.
-    assert found.data.tags["best_checkpoint"].startswith(f"s3://{cluster['bucket']}/runs/lost-node/")
-    assert load_state(*tracking.run_checkpoint(uri, found.info.run_id))["config"]["name"] == "lost-node"
+    assert found.data.tags["best_checkpoint"].startswith(f"s3://{cluster['bucket']}/runs/{name}/")
+    assert load_state(*tracking.run_checkpoint(uri, found.info.run_id))["config"]["name"] == name
     # MLflow: the run in PostgreSQL, its artifacts in S3, the model loaded back through the server.
     with psycopg2.connect(cluster["mlflow_backend"].replace("+psycopg2", "")) as db, db.cursor() as cur:
         cur.execute("SELECT status FROM runs WHERE run_uuid = %s", (found.info.run_id,))
@@ -188,3 +171,8 @@ def test_a_job_spread_over_both_nodes_survives_losing_one(cluster, store):
     # Credentials: not in the run's params or tags, nor in anything the driver printed.
     assert not any(SECRET in v for v in [*found.data.params.values(), *found.data.tags.values()])
     assert SECRET not in text
+    # Then the comparison's report, printed by the job and logged beside its member.
+    assert "| CoST(b) |" in text
+    client = MlflowClient(uri)
+    (report,) = client.search_runs([found.info.experiment_id], "tags.mode = 'report'")
+    assert "report.html" in {f.path for f in client.list_artifacts(report.info.run_id)}

@@ -3,14 +3,13 @@
 On the synthetic `motion` dataset every class has a time-reversed twin with the very same frames,
 so a model without temporal convolutions (C2D) cannot beat ~50% top-1, while C3D, CoST(a) and
 CoST(b) learn it. A reduced `make demo`: the demo's store and model (configs/tiny_synthetic.yaml),
-trained in this process with the project's own clip cutting, augmentation and test protocol
-(bench/motion_grid.py's ``fit``; Ray Train itself is tested in test_main.py). Beside it, a cell
-of bench/motion_grid.py: small squares of another generator, moving slowly.
+trained in fresh processes with the project's own clip cutting, augmentation and test protocol
+(bench/motion_grid.py's ``fit_many``; Ray Train itself is tested in test_main.py). Beside it, the
+hardest cell of bench/motion_grid.py: objects 1/8 of the frame moving half a pixel per frame.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -32,45 +31,43 @@ def grid(bench_script):
 
 
 @pytest.fixture(scope="module")
-def motion(ray_cluster, tmp_path_factory) -> Path:
-    """The demo's dataset: 4 motion classes, 75 training videos each (1,200 clips per epoch)."""
+def stores(ray_cluster, tmp_path_factory, grid) -> dict[str, str]:
+    """The demo's dataset (4 motion classes, 75 training videos each: 1,200 clips per epoch) and
+    bench/motion_grid.py's TEST_CELL (150 training videos per class, as the grid has them)."""
     root = tmp_path_factory.mktemp("motion")
     assert prepare(["--dataset", "synthetic", "--synthetic-kind", "motion", "--classes", "4", "--videos-per-class",
                     "75", "--stride", "4", "--root", str(root / "src"), "--out", str(root / "store")]) == 0
-    return root
+    layout, size, speed, frames = grid.TEST_CELL
+    hardest = grid.make_store(tmp_path_factory.mktemp("hardest"), layout, size, speed, frames, train=grid.TRAIN,
+                              val=grid.VAL, seed=0)
+    return {"demo": str(root / "store"), "hardest": hardest}
 
 
 @pytest.fixture(scope="module")
-def trained(grid):
-    """(model, config, test top-1) per (store, arch), each trained once."""
-    return functools.cache(grid.fit)
+def trained(stores, grid) -> dict[tuple[str, str], tuple]:
+    """(model, config, test top-1) per (store name, arch): all eight trained at once, one per core."""
+    runs = [(name, arch) for name in ("hardest", "demo") for arch in reversed(ARCHS)]  # the longest first
+    fits = grid.fit_many([(stores[name], arch) for name, arch in runs], jobs=grid.default_jobs())
+    return dict(zip(runs, fits, strict=True))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_only_temporal_models_tell_a_motion_from_its_reversal(motion, trained, grid, arch):
-    _, _, top1 = trained(str(motion / "store"), arch)
+def test_only_temporal_models_tell_a_motion_from_its_reversal(trained, grid, arch):
+    top1 = trained["demo", arch][2]
     print(f"{arch}: test top-1 {top1:.3f}")
     assert grid.passes(arch, top1)  # C2D: chance within a twin pair, 0.5 at best
 
 
-@pytest.fixture(scope="module")
-def squares(ray_cluster, tmp_path_factory, grid) -> str:
-    """bench/motion_grid.py's TEST_CELL: 1/8-frame squares at 0.5 px per frame, clips of half a 64-frame video."""
-    layout, size, speed, frames = grid.TEST_CELL
-    return grid.make_store(tmp_path_factory.mktemp("squares"), layout, size, speed, frames, train=grid.TEST_TRAIN,
-                           val=grid.VAL, seed=0)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
-def test_motion_of_small_slow_squares_from_another_generator(squares, grid, arch):
-    _, _, top1 = grid.fit(squares, arch)
+def test_motion_of_the_smallest_slowest_objects(trained, grid, arch):
+    top1 = trained["hardest", arch][2]
     print(f"{arch}: test top-1 {top1:.3f}")
     assert grid.passes(arch, top1)
 
 
-def test_predict_names_the_class_of_a_video_file(motion, trained, tmp_path, capsys):
-    model, cfg, _ = trained(str(motion / "store"), "cost_b")
-    store = Store(str(motion / "store"))
+def test_predict_names_the_class_of_a_video_file(stores, trained, tmp_path, capsys):
+    model, cfg, _ = trained["demo", "cost_b"]
+    store = Store(stores["demo"])
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     save_state(checkpoint, dict(model=model.state_dict(), config=to_dict(cfg), classes=store.classes,
