@@ -1,7 +1,7 @@
 """Does the motion result hold off the project's own generator? A grid of motion datasets, four models each.
 
-    python bench/motion_grid.py                       # the full grid (about 3 hours on 2 cores)
-    python bench/motion_grid.py --cells test          # the one cell `make test` keeps
+    python bench/motion_grid.py                       # the full grid (about 7 minutes a cell on 2 cores)
+    python bench/motion_grid.py --cells test          # the one cell `make test` keeps: the hardest
 
 Each cell is a 4-class motion dataset (left / right / up / down) with one object size (its side
 against the frame's short side), one speed (pixels per source frame) and one video length, in one
@@ -15,7 +15,7 @@ of two layouts:
 
 An object that reaches an edge re-enters from the opposite one, so any speed fits any length.
 Every cell is prepared with ``--stride 4`` and trained with configs/tiny_synthetic.yaml unchanged,
-in this process with the project's own clip cutting, augmentation and test protocol. Goal: C3D,
+with the project's own clip cutting, augmentation and test protocol, ``--jobs`` models at a time. Goal: C3D,
 CoST(a) and CoST(b) reach test top-1 >= 0.9 in every cell and C2D stays <= 0.6 (within a
 direction's reversal, frame order is the only clue).
 """
@@ -57,8 +57,8 @@ LAYOUTS = ("folder", "synthetic")
 # Videos per class: 75 teach the tiny model the slowest, smallest synthetic objects only at the
 # edge (bench/RESULTS.md); 150 do in every cell.
 TRAIN, VAL = 150, 25
-# The hardest cell, which `make test` trains (tests/train/test_motion.py): the synthetic layout's
-# smallest, slowest objects in its shortest videos (bench/RESULTS.md).
+# The hardest cell, whose temporal models `make test` trains (tests/train/test_motion.py): the
+# synthetic layout's smallest, slowest objects in its shortest videos (bench/RESULTS.md).
 TEST_CELL = ("synthetic", 1 / 8, 0.5, 32)
 
 

@@ -108,7 +108,7 @@ def ray_cluster() -> Iterator[RayCluster]:
             os.environ.pop("RAY_ADDRESS", None)
         else:
             os.environ["RAY_ADDRESS"] = old
-        stop(proc)
+        stop(proc, grace=1)  # throw-away: no need to wait 5 s for a clean exit
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -130,7 +130,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield url
     finally:
-        stop(proc)
+        stop(proc, grace=1)
 
 
 @dataclass
@@ -150,7 +150,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     try:
         yield S3Server(url, "cost-test")
     finally:
-        stop(proc)
+        stop(proc, grace=1)
 
 
 def run_in_terminal(cmd: list[str], timeout: float) -> tuple[int, str]:

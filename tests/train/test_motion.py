@@ -5,7 +5,9 @@ so a model without temporal convolutions (C2D) cannot beat ~50% top-1, while C3D
 CoST(b) learn it. A reduced `make demo`: the demo's store and model (configs/tiny_synthetic.yaml),
 trained in fresh processes with the project's own clip cutting, augmentation and test protocol
 (bench/motion_grid.py's ``fit_many``; Ray Train itself is tested in test_main.py). Beside it, the
-hardest cell of bench/motion_grid.py: objects 1/8 of the frame moving half a pixel per frame.
+hardest cell of bench/motion_grid.py: objects 1/8 of the frame moving half a pixel per frame. Its
+C2D is left to the grid: the cell's classes are this generator's time-reversal twins too, so the
+demo's C2D test already bounds it, and CI's time goes to the three models that must learn.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from train.checkpoints import save_state
 from train.config import to_dict
 
 ARCHS = ["c2d", "c3d", "cost_a", "cost_b"]
+TEMPORAL = ARCHS[1:]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +48,8 @@ def stores(ray_cluster, tmp_path_factory, grid) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def trained(stores, grid) -> dict[tuple[str, str], tuple]:
-    """(model, config, test top-1) per (store name, arch): all eight trained at once, one per core."""
-    runs = [(name, arch) for name in ("hardest", "demo") for arch in reversed(ARCHS)]  # the longest first
+    """(model, config, test top-1) per (store name, arch), trained side by side, one per core."""
+    runs = [("hardest", arch) for arch in reversed(TEMPORAL)] + [("demo", arch) for arch in reversed(ARCHS)]
     fits = grid.fit_many([(stores[name], arch) for name, arch in runs], jobs=grid.default_jobs())
     return dict(zip(runs, fits, strict=True))
 
@@ -58,7 +61,7 @@ def test_only_temporal_models_tell_a_motion_from_its_reversal(trained, grid, arc
     assert grid.passes(arch, top1)  # C2D: chance within a twin pair, 0.5 at best
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", TEMPORAL)
 def test_motion_of_the_smallest_slowest_objects(trained, grid, arch):
     top1 = trained["hardest", arch][2]
     print(f"{arch}: test top-1 {top1:.3f}")
