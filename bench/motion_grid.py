@@ -63,8 +63,8 @@ TEST_CELL = ("synthetic", 1 / 8, 0.5, 32)
 
 
 def default_jobs() -> int:
-    """Fits at a time: one per core this process may use."""
-    return len(os.sched_getaffinity(0))
+    """Fits at a time: one per core this process may use (any core where that is not known)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def square_video(direction: str, rng: np.random.Generator, *, size: float, speed: float, frames: int,
