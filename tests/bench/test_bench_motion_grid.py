@@ -18,7 +18,7 @@ def test_a_square_moves_in_its_direction_at_its_speed(bench_script, direction, s
     assert len(full) >= 8  # at most 16 px of 72 on its loop are at an edge
     centre = {i: np.argwhere(bright[i]).mean(axis=0) for i in full}  # (row, column)
     steps = np.array([centre[i + 1] - centre[i] for i in full if i + 1 in centre])
-    dy, dx = grid.DIRECTIONS[direction][1], grid.DIRECTIONS[direction][0]
+    dx, dy = grid.DIRECTIONS[direction]
     assert np.allclose(steps.mean(axis=0), (dy * speed, dx * speed), atol=0.35)
 
 

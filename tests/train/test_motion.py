@@ -49,6 +49,7 @@ def stores(ray_cluster, tmp_path_factory, grid) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def trained(stores, grid) -> dict[tuple[str, str], tuple]:
     """(model, config, test top-1) per (store name, arch), trained side by side, one per core."""
+    # The longest fits first (the hardest cell's, CoST before C3D before C2D), so the processes end together.
     runs = [("hardest", arch) for arch in reversed(TEMPORAL)] + [("demo", arch) for arch in reversed(ARCHS)]
     fits = grid.fit_many([(stores[name], arch) for name, arch in runs], jobs=grid.default_jobs())
     return dict(zip(runs, fits, strict=True))
