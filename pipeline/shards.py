@@ -1,7 +1,7 @@
 """One shard of a prepare job: decode its videos into store rows, quarantine the ones that fail.
 
 ``process_shard`` is what each Ray Data task of ``prepare.py`` runs. It decodes every video of the
-shard in an ``IsolatedDecoder`` (a crash or hang costs that video only), copies object-store
+shard in the worker's reusable ``IsolatedDecoder`` (a crash or hang costs that video only), copies object-store
 inputs to a local temporary file first (decord reads from paths), writes the shard's quarantine
 part and then its data shard, each atomically. The data shard is written last: its presence
 marks the shard done, so a re-run after a kill redoes exactly the shards that are absent.
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from pipeline.decode import DecodeError, IsolatedDecoder
+from pipeline.decode import DecodeError, reusable_decoder
 from pipeline.storage import filesystem, is_local
 from pipeline.store import phase_rows, rows_to_table, write_shard, write_table
 
@@ -67,7 +67,8 @@ def process_shard(spec: ShardSpec) -> dict:
     rows: list[dict] = []
     quarantined: list[dict] = []
     frames = 0
-    with IsolatedDecoder(timeout=spec.timeout) as decoder, tempfile.TemporaryDirectory() as tmp:
+    decoder = reusable_decoder(spec.timeout)
+    with tempfile.TemporaryDirectory() as tmp:
         for video in spec.videos:
             try:
                 local = _local_copy(video["path"], spec.source_options, tmp)
