@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from pipeline.decode import DecodeError, IsolatedDecoder, encode_video, scaled_size
+from pipeline.decode import DecodeError, IsolatedDecoder, encode_video, reusable_decoder, scaled_size
 from pipeline.scenes import motion_video
+from pipeline.shards import ShardSpec, process_shard
 from pipeline.synthetic import SyntheticSpec, generate, write_video
 
 decord = pytest.importorskip("decord")
@@ -70,6 +71,24 @@ def test_a_crashing_or_hanging_decoder_costs_one_video(broken, monkeypatch):
         with pytest.raises(DecodeError, match="timeout"):
             dec.encode_video(good[0])
         assert len(dec.encode_video(good[1]).jpegs) == 16
+
+
+def test_shards_of_one_worker_share_one_decoder_child(broken, tmp_path):
+    """A prepare worker runs shard after shard: one child decodes them all (starting one costs
+    more than decoding a short video), and a broken video still costs only itself."""
+    good, bad = broken
+
+    def shard(i: int, paths: list[str]) -> dict:
+        videos = [dict(video_id=f"v{i}{j}", path=p, label="a", label_index=0, split="train")
+                  for j, p in enumerate(paths)]
+        return process_shard(ShardSpec(split="train", index=i, url=str(tmp_path / f"{i}.parquet"),
+                                       quarantine_url=str(tmp_path / f"q{i}.parquet"), videos=videos, timeout=60))
+
+    first = shard(0, good[:1])
+    child = reusable_decoder(60)._proc.pid
+    second = shard(1, [bad["not_video"], good[1]])
+    assert reusable_decoder(60)._proc.pid == child
+    assert (first["videos"], second["videos"], second["quarantined"]) == (1, 1, {"not_video": 1})
 
 
 def test_mp4_cut_before_its_index_is_truncated_not_garbage(tmp_path):
