@@ -142,9 +142,15 @@ def optimizer(model: nn.Module, cfg: TrainConfig, world: int, steps_per_epoch: i
     from torch.optim import lr_scheduler
 
     o, t = cfg.optim, cfg.trainer
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=o.lr * t.batch_size * world / o.lr_batch, momentum=o.momentum,
-                          weight_decay=o.weight_decay)
+    lr = o.lr * t.batch_size * world / o.lr_batch
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # CoST(a)'s view coefficients in a group of their own only when their lr differs: a checkpoint
+    # of one group still resumes.
+    own = o.cost_a_lr_scale != 1
+    groups = [{"params": [p for n, p in named if not (own and n.endswith("alpha_logits"))]}]
+    coef = [p for n, p in named if own and n.endswith("alpha_logits")]
+    groups += [{"params": coef, "lr": lr * o.cost_a_lr_scale}] if coef else []
+    opt = torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
     total, warmup = steps_per_epoch * t.epochs, int(o.warmup_epochs * steps_per_epoch)
     scheds = [lr_scheduler.MultiStepLR(opt, [int(m * total) for m in o.milestones], gamma=o.gamma)]
     if warmup:  # LinearLR over no steps would still start at its start factor

@@ -91,6 +91,9 @@ class OptimConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from lr/10
     clip_grad: float | None = 40.0  # max gradient norm (the published code's value); null: off
+    # CoST(a)'s view coefficients learn at lr x this (the authors': 1, one lr for all). A small model
+    # from scratch needs more: at 1 they barely move in a short run (bench/RESULTS.md, motion grid).
+    cost_a_lr_scale: float = 1.0
 
 
 @dataclass(kw_only=True)

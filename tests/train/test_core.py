@@ -87,17 +87,21 @@ def test_every_branch_a_gpu_run_takes_trains_on_cpu(arch, overrides):
 
 @pytest.mark.parametrize("warmup_epochs,milestones", [(0.0, [0.5, 0.75]), (0.5, [0.75]), (2.5, [0.3, 0.3])])
 def test_the_lr_warms_up_linearly_then_drops_at_each_milestone(warmup_epochs, milestones):
+    """For every parameter; CoST(a)'s view coefficients at optim.cost_a_lr_scale times the rest."""
     cfg = load_config(TrainConfig, ROOT / "configs" / "tiny_synthetic.yaml",
                       ["data.store=unused", f"optim.warmup_epochs={warmup_epochs}", f"optim.milestones={milestones}",
-                       "optim.gamma=0.1", "trainer.epochs=4"])
-    opt, sched = optimizer(nn.Linear(2, 2), cfg, world=2, steps_per_epoch=10)
+                       "optim.gamma=0.1", "trainer.epochs=4", "model.arch=cost_a", "optim.cost_a_lr_scale=30"])
+    model = make_model(cfg.model, 4)
+    opt, sched = optimizer(model, cfg, world=2, steps_per_epoch=10)
+    coef = {id(p) for n, p in model.named_parameters() if n.endswith("alpha_logits")}
+    assert [{id(p) for p in g["params"]} & coef for g in opt.param_groups] == [set(), coef]
     peak = cfg.optim.lr * cfg.trainer.batch_size * 2 / cfg.optim.lr_batch
     warmup = int(warmup_epochs * 10)
     for s in range(40):
         want = peak * 0.1 ** sum(s >= int(m * 40) for m in milestones)  # both drops at once where they coincide
         if s < warmup:
             want *= 0.1 + 0.9 * s / warmup
-        assert sched.get_last_lr()[0] == pytest.approx(want), s
+        assert sched.get_last_lr() == pytest.approx([want, 30 * want]), s
         opt.step()
         sched.step()
 
