@@ -1,0 +1,112 @@
+"""Step time of 2 workers on 2 nodes against 1 worker on 1 node: what data-parallel training pays
+to cross a node, measured on the local multi-node cluster (cluster/local.py: a Ray head and a
+worker node as separate processes on this machine, DDP over gloo on loopback TCP).
+
+    python bench/two_nodes.py                      # start the cluster, train 3 runs, print, stop it
+    python bench/two_nodes.py --arch c3d --epochs 4
+
+The runs train configs/tiny_synthetic.yaml on the same store (on the cluster's S3) with the same
+clips per worker and one CPU (one torch thread) per worker: one worker, two workers packed on one
+node, and two spread over both nodes (trainer.placement=SPREAD). A step's time is its clips (batch
+x workers) over the seconds of its logging window (the runs' `clips_per_s` in MLflow), the median
+over the windows after the first epoch, which holds the data pipeline's start. Weak scaling: 1.00
+is perfect. The two nodes share this machine's cores, memory and loader CPUs, so on a small machine
+the ratio holds that contention as well as the all-reduce; the packed run has the same contention
+without crossing a node, so spread / packed is what crossing the node costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable from a bare checkout
+from cluster import local  # noqa: E402
+from pipeline.synthetic import SyntheticSpec, generate  # noqa: E402
+from train import tracking  # noqa: E402
+
+BATCH = 16  # clips per worker per step
+# (workers, placement): the baseline, both workers on one node (the same contention for the
+# machine's cores, no node crossing), and spread over the two nodes.
+RUNS = ((1, "PACK"), (2, "PACK"), (2, "SPREAD"))
+
+
+def step_seconds(clips_per_s: list[float], clips_per_step: int) -> float:
+    """The median step time of a run's logging windows, from their clips per second."""
+    return statistics.median(clips_per_step / c for c in clips_per_s)
+
+
+def run(env: dict[str, str], *cmd: str) -> None:
+    done = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"two_nodes: {cmd[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def windows(uri: str, name: str, key: str, after_step: int) -> list[float]:
+    client = tracking.client(uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("two-nodes").experiment_id],
+                                  filter_string=f"tags.`cost.run_name` = '{name}'")
+    return [m.value for m in client.get_metric_history(found.info.run_id, key) if m.step > after_step]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="cost_b")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--videos-per-class", type=int, default=32, help="4 motion classes")
+    args = p.parse_args(argv)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # the cluster's S3 is a local moto: any key
+        os.environ.setdefault(key, "bench")
+    with tempfile.TemporaryDirectory(prefix="two-nodes-") as tmp:
+        root = Path(tmp)
+        state = local.up(root / "c", workers=1, head_cpus=2, worker_cpus=2)
+        try:
+            env = {**os.environ, "PYTHONPATH": str(ROOT),
+                   **dict(line.removeprefix("export ").split("=", 1) for line in local.env_lines(state))}
+            bucket, s3 = state["bucket"], state["s3_endpoint"]
+            generate(SyntheticSpec(kind="motion", classes=4, videos_per_class=args.videos_per_class,
+                                   val_videos_per_class=2), root / "videos")
+            import s3fs
+
+            s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3}).put(f"{root / 'videos'}/", f"{bucket}/videos/",
+                                                                      recursive=True)
+            store = f"s3://{bucket}/store"
+            run(env, "pipeline/prepare.py", "--dataset", "kinetics", "--root", f"s3://{bucket}/videos",
+                "--out", store, "--stride", "4")
+            clips = 4 * args.videos_per_class * 4  # training videos x clips_per_video (the config's 4)
+            result = {}
+            for workers, placement in RUNS:
+                name = f"{args.arch}-{workers}w-{placement.lower()}"
+                run(env, "train/main.py", "--config", "configs/tiny_synthetic.yaml", f"name={name}",
+                    f"model.arch={args.arch}", f"data.store={store}", f"data.s3_endpoint={s3}",
+                    f"trainer.storage_path=s3://{bucket}/runs", "tracking.experiment=two-nodes",
+                    "model.pretrained=none",  # the Kinetics layout asks for weights: from scratch on purpose
+                    f"trainer.epochs={args.epochs}", f"trainer.num_workers={workers}",
+                    f"trainer.placement={placement}", f"trainer.batch_size={BATCH}", "trainer.cpus_per_worker=1",
+                    "trainer.log_every=4", f"trainer.val_every={args.epochs + 1}", "optim.warmup_epochs=1")
+                first_epoch = clips // (BATCH * workers)
+                cps = windows(state["mlflow"], name, "clips_per_s", first_epoch)
+                wait = windows(state["mlflow"], name, "data_wait", first_epoch)
+                result[workers, placement] = (step_seconds(cps, BATCH * workers), statistics.median(wait), len(cps))
+        finally:
+            local.down(root / "c")
+    print(f"{args.arch}, configs/tiny_synthetic.yaml, {BATCH} clips per worker, 1 CPU per worker; "
+          f"median over the windows after epoch 1")
+    print(f"{'run':<26}{'step ms':>9}{'data wait':>11}{'windows':>9}")
+    for run_key, label in zip(RUNS, ("1 worker, 1 node", "2 workers, 1 node", "2 workers, 2 nodes"), strict=True):
+        step, wait, n = result[run_key]
+        print(f"{label:<26}{step * 1000:>9.0f}{wait:>11.1%}{n:>9}")
+    one, packed, spread = (result[k][0] for k in RUNS)
+    print(f"ratio, 2 workers on 2 nodes / 1 worker on 1 node: {spread / one:.2f}")
+    print(f"ratio, 2 workers on 2 nodes / 2 workers on 1 node (the node crossing alone): {spread / packed:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
