@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import s3fs
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable from a bare checkout
 from cluster import local  # noqa: E402
@@ -72,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
             bucket, s3 = state["bucket"], state["s3_endpoint"]
             generate(SyntheticSpec(kind="motion", classes=4, videos_per_class=args.videos_per_class,
                                    val_videos_per_class=2), root / "videos")
-            import s3fs
-
             s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3}).put(f"{root / 'videos'}/", f"{bucket}/videos/",
                                                                       recursive=True)
             store = f"s3://{bucket}/store"

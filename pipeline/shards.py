@@ -1,10 +1,11 @@
 """One shard of a prepare job: decode its videos into store rows, quarantine the ones that fail.
 
 ``process_shard`` is what each Ray Data task of ``prepare.py`` runs. It decodes every video of the
-shard in the worker's reusable ``IsolatedDecoder`` (a crash or hang costs that video only), copies object-store
-inputs to a local temporary file first (decord reads from paths), writes the shard's quarantine
-part and then its data shard, each atomically. The data shard is written last: its presence
-marks the shard done, so a re-run after a kill redoes exactly the shards that are absent.
+shard in the worker's reusable ``IsolatedDecoder`` (a crash or hang costs that video only),
+copies object-store inputs to a local temporary file first (decord reads from paths), writes the
+shard's quarantine part and then its data shard, each atomically. The data shard is written
+last: its presence marks the shard done, so a re-run after a kill redoes exactly the shards that
+are absent.
 """
 
 from __future__ import annotations

@@ -138,18 +138,18 @@ def optimizer(model: nn.Module, cfg: TrainConfig, world: int, steps_per_epoch: i
               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD at ``optim.lr`` scaled to the global batch (batch_size x world); per step, a linear warm-up
     from a tenth over ``optim.warmup_epochs``, and a decay by ``optim.gamma`` at each milestone
-    (a fraction of all steps)."""
+    (a fraction of all steps). CoST(a)'s view coefficients at ``optim.cost_a_lr_scale`` times that."""
     from torch.optim import lr_scheduler
 
     o, t = cfg.optim, cfg.trainer
     lr = o.lr * t.batch_size * world / o.lr_batch
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    # CoST(a)'s view coefficients in a group of their own only when their lr differs: a checkpoint
-    # of one group still resumes.
-    own = o.cost_a_lr_scale != 1
-    groups = [{"params": [p for n, p in named if not (own and n.endswith("alpha_logits"))]}]
-    coef = [p for n, p in named if own and n.endswith("alpha_logits")]
-    groups += [{"params": coef, "lr": lr * o.cost_a_lr_scale}] if coef else []
+    # CoST(a)'s view coefficients get a group of their own only when their lr differs, so that the
+    # checkpoints of one group still resume.
+    apart = {n for n, _ in named if n.endswith("alpha_logits")} if o.cost_a_lr_scale != 1 else set()
+    groups = [{"params": [p for n, p in named if n not in apart]}]
+    if apart:
+        groups.append({"params": [p for n, p in named if n in apart], "lr": lr * o.cost_a_lr_scale})
     opt = torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
     total, warmup = steps_per_epoch * t.epochs, int(o.warmup_epochs * steps_per_epoch)
     scheds = [lr_scheduler.MultiStepLR(opt, [int(m * total) for m in o.milestones], gamma=o.gamma)]
