@@ -50,11 +50,15 @@ def run(env: dict[str, str], *cmd: str) -> None:
         raise SystemExit(f"two_nodes: {cmd[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
 
-def windows(uri: str, name: str, key: str, after_step: int) -> list[float]:
+def measured(uri: str, name: str, clips_per_step: int, after_step: int) -> tuple[float, float, int, int]:
+    """(step seconds, median data wait, windows, nodes the workers ran on) of the run ``name``."""
     client = tracking.client(uri)
     (found,) = client.search_runs([client.get_experiment_by_name("two-nodes").experiment_id],
                                   filter_string=f"tags.`cost.run_name` = '{name}'")
-    return [m.value for m in client.get_metric_history(found.info.run_id, key) if m.step > after_step]
+    cps, wait = ([m.value for m in client.get_metric_history(found.info.run_id, key) if m.step > after_step]
+                 for key in ("clips_per_s", "data_wait"))
+    nodes = len(set(found.data.tags["worker_nodes"].split(",")))
+    return step_seconds(cps, clips_per_step), statistics.median(wait), len(cps), nodes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"trainer.epochs={args.epochs}", f"trainer.num_workers={workers}",
                     f"trainer.placement={placement}", f"trainer.batch_size={BATCH}", "trainer.cpus_per_worker=1",
                     "trainer.log_every=4", f"trainer.val_every={args.epochs + 1}", "optim.warmup_epochs=1")
-                first_epoch = clips // (BATCH * workers)
-                cps = windows(state["mlflow"], name, "clips_per_s", first_epoch)
-                wait = windows(state["mlflow"], name, "data_wait", first_epoch)
-                result[workers, placement] = (step_seconds(cps, BATCH * workers), statistics.median(wait), len(cps))
+                step, wait, windows, nodes = measured(state["mlflow"], name, BATCH * workers,
+                                                      after_step=clips // (BATCH * workers))  # epoch 1
+                if nodes != (2 if placement == "SPREAD" else 1):
+                    raise SystemExit(f"two_nodes: {name}'s workers ran on {nodes} node(s), not as placed")
+                result[workers, placement] = (step, wait, windows)
         finally:
             local.down(root / "c")
     print(f"{args.arch}, configs/tiny_synthetic.yaml, {BATCH} clips per worker, 1 CPU per worker; "
