@@ -34,6 +34,7 @@ from pipeline.synthetic import SyntheticSpec, generate  # noqa: E402
 from train import tracking  # noqa: E402
 
 BATCH = 16  # clips per worker per step
+CLASSES, CLIPS_PER_VIDEO = 4, 4  # motion classes; training clips per video per epoch
 # (workers, placement): the baseline, both workers on one node (the same contention for the
 # machine's cores, no node crossing), and spread over the two nodes.
 RUNS = ((1, "PACK"), (2, "PACK"), (2, "SPREAD"))
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="cost_b")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--videos-per-class", type=int, default=32, help="4 motion classes")
+    p.add_argument("--videos-per-class", type=int, default=32, help=f"{CLASSES} motion classes")
     args = p.parse_args(argv)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # the cluster's S3 is a local moto: any key
         os.environ.setdefault(key, "bench")
@@ -73,17 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         state = local.up(root / "c", workers=1, head_cpus=2, worker_cpus=2)
         try:
-            env = {**os.environ, "PYTHONPATH": str(ROOT),
-                   **dict(line.removeprefix("export ").split("=", 1) for line in local.env_lines(state))}
+            env = {**os.environ, "PYTHONPATH": str(ROOT), **local.client_env(state)}
             bucket, s3 = state["bucket"], state["s3_endpoint"]
-            generate(SyntheticSpec(kind="motion", classes=4, videos_per_class=args.videos_per_class,
+            generate(SyntheticSpec(kind="motion", classes=CLASSES, videos_per_class=args.videos_per_class,
                                    val_videos_per_class=2), root / "videos")
             s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3}).put(f"{root / 'videos'}/", f"{bucket}/videos/",
                                                                       recursive=True)
             store = f"s3://{bucket}/store"
             run(env, "pipeline/prepare.py", "--dataset", "kinetics", "--root", f"s3://{bucket}/videos",
                 "--out", store, "--stride", "4")
-            clips = 4 * args.videos_per_class * 4  # training videos x clips_per_video (the config's 4)
+            clips = CLASSES * args.videos_per_class * CLIPS_PER_VIDEO  # an epoch's
             result = {}
             for workers, placement in RUNS:
                 name = f"{args.arch}-{workers}w-{placement.lower()}"
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"trainer.storage_path=s3://{bucket}/runs", "tracking.experiment=two-nodes",
                     "model.pretrained=none",  # the Kinetics layout asks for weights: from scratch on purpose
                     f"trainer.epochs={args.epochs}", f"trainer.num_workers={workers}",
-                    f"trainer.placement={placement}", f"trainer.batch_size={BATCH}", "trainer.cpus_per_worker=1",
+                    f"data.clips_per_video={CLIPS_PER_VIDEO}", f"trainer.placement={placement}",
+                    f"trainer.batch_size={BATCH}", "trainer.cpus_per_worker=1",
                     "trainer.log_every=4", f"trainer.val_every={args.epochs + 1}", "optim.warmup_epochs=1")
                 step, wait, windows, nodes = measured(state["mlflow"], name, BATCH * workers,
                                                       after_step=clips // (BATCH * workers))  # epoch 1

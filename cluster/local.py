@@ -294,13 +294,18 @@ def kill_node(root: Path, index: int) -> None:
     os.killpg(pid, signal.SIGKILL)
 
 
-def env_lines(state: dict) -> list[str]:
-    """Shell exports for drivers and clients of this cluster."""
+def client_env(state: dict) -> dict[str, str]:
+    """The environment drivers and clients of this cluster need."""
     env = {**state["ray_env"], "RAY_ADDRESS": state["ray_address"], "COST_RAY_DASHBOARD": state["ray_dashboard"],
            "COST_S3_ENDPOINT": state["s3_endpoint"]}
     if "mlflow" in state:
         env["MLFLOW_TRACKING_URI"] = state["mlflow"]
-    return [f"export {k}={v}" for k, v in env.items()]
+    return env
+
+
+def env_lines(state: dict) -> list[str]:
+    """Shell exports for drivers and clients of this cluster."""
+    return [f"export {k}={v}" for k, v in client_env(state).items()]
 
 
 def main(argv: list[str] | None = None) -> int:

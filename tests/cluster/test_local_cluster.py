@@ -40,7 +40,7 @@ def cluster(tmp_path_factory):
         mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)  # moto takes any key
         state = local.up(root / "c", workers=1, head_cpus=3, worker_cpus=2)
         try:
-            state["env"] = dict(line.removeprefix("export ").split("=", 1) for line in local.env_lines(state))
+            state["env"] = local.client_env(state)
             state["root"], state["nodes"] = root, nodes(state)
             yield state
         finally:
