@@ -87,12 +87,38 @@ def apply_view(frames: np.ndarray, view: View, size: int | tuple[int, int],
                out: np.ndarray | None = None) -> np.ndarray:
     """(T, H, W, 3) -> (T, h, w, 3): the view's region resized (bilinear) to ``size`` (h, w), or a
     square of that side, flipped if asked; written into ``out`` when given."""
-    h, w = (size, size) if isinstance(size, int) else size
-    if out is None:
-        out = np.empty((frames.shape[0], h, w, 3), np.uint8)
+    out = _output(len(frames), size, out)
     for i, frame in enumerate(frames):
-        region = frame[view.top:view.top + view.height, view.left:view.left + view.width]
-        cv2.resize(region, (w, h), dst=out[i], interpolation=cv2.INTER_LINEAR)
-        if view.flip:
-            cv2.flip(out[i], 1, dst=out[i])
+        _view_into(frame, view, out[i])
     return out
+
+
+def decode_view(jpegs: Sequence, view: View, size: int | tuple[int, int], out: np.ndarray | None = None, *,
+                fast: bool = False) -> np.ndarray:
+    """``apply_view`` of the decoded ``jpegs`` (bytes or uint8 arrays of one video), decoded one at a
+    time into one buffer: the full-size frame is resized while it is still in the CPU's cache, and
+    the clip's full-size frames are never held together. A JPEG object given twice (a short video's
+    looping clip) is decoded once."""
+    out = _output(len(jpegs), size, out)
+    frame, done = None, {}
+    for i, jpeg in enumerate(jpegs):
+        if id(jpeg) in done:
+            out[i] = out[done[id(jpeg)]]
+            continue
+        done[id(jpeg)] = i
+        # A video's frames share one size, so each is decoded into the first one's buffer.
+        frame = simplejpeg.decode_jpeg(jpeg, fastdct=fast, fastupsample=fast, buffer=frame)
+        _view_into(frame, view, out[i])
+    return out
+
+
+def _output(frames: int, size: int | tuple[int, int], out: np.ndarray | None) -> np.ndarray:
+    h, w = (size, size) if isinstance(size, int) else size
+    return np.empty((frames, h, w, 3), np.uint8) if out is None else out
+
+
+def _view_into(frame: np.ndarray, view: View, dst: np.ndarray) -> None:
+    region = frame[view.top:view.top + view.height, view.left:view.left + view.width]
+    cv2.resize(region, (dst.shape[1], dst.shape[0]), dst=dst, interpolation=cv2.INTER_LINEAR)
+    if view.flip:
+        cv2.flip(dst, 1, dst=dst)

@@ -1,13 +1,18 @@
-"""bench/loader.py runs end to end at a tiny size and prints both loaders' rates and their ratio."""
+"""bench/loader.py runs end to end at tiny sizes and prints each size's rates, ratio and task memory."""
 
 
 def test_loader_benchmark_prints_its_table(ray_cluster, tmp_path, capsys, bench_script):
     bench = bench_script("loader")
-    assert bench.main(["--videos", "4", "--frames", "24", "--size", "48x64", "--short-side", "40", "--crop", "32",
-                       "--passes", "1", "--decord-clips", "4", "--gpu-clips-per-s", "100",
-                       "--dir", str(tmp_path)]) == 0
+    assert bench.main(["--sizes", "80x48,64x112", "--videos", "2", "--videos-per-shard", "1", "--short-side", "40",
+                       "--crop", "32", "--clips", "48", "--clips-per-video", "2", "--decord-clips", "4",
+                       "--gpu-clips-per-s", "100", "--worker-batches", "4", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    rows = {line[:4]: line.split() for line in out.splitlines() if line.startswith("(")}
-    assert set(rows) == {"(a) ", "(a1)", "(b) "}
-    assert all(float(r[-1]) > 0 for r in rows.values())
-    assert "(a) / (b) =" in out and "CPU cores of (a)" in out
+    rows = {line.split()[0]: [float(x.rstrip("!")) for x in line.split()[1:]]
+            for line in out.splitlines() if line.strip().startswith(("80x48", "64x112"))}
+    assert set(rows) == {"80x48", "64x112"}
+    for bpp, ray, alone, decord, ratio, task, peak in rows.values():
+        assert min(bpp, ray, alone, decord, peak) > 0 and 0 <= task < peak
+        assert abs(ratio - ray / decord) <= 0.01 + 0.01 * ratio
+    assert out.count("CPU cores of (a)") == 2 and "goals: (a) >= 150" in out
+    worker = next(line for line in out.splitlines() if line.startswith("a training worker's loader"))
+    assert "8 frames" in worker and "32 frames" in worker

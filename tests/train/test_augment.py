@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from train.augment import View, apply_view, decode, eval_views, train_view
+from train.augment import View, apply_view, decode, decode_view, eval_views, train_view
 
 
 def test_train_view_follows_the_scale_and_crop_ranges():
@@ -61,3 +61,14 @@ def test_decode_returns_the_frames():
         assert out.shape == (4, 64, 80, 3) and out.dtype == np.uint8
         assert np.abs(out.astype(int) - frames).mean() < 6
 
+
+
+def test_decode_view_is_decode_then_apply_view():
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 255, (3, 48, 64, 3), dtype=np.uint8)
+    jpegs = [simplejpeg.encode_jpeg(np.ascontiguousarray(f), quality=90, colorsubsampling="420") for f in frames]
+    looped = [jpegs[2], jpegs[0], jpegs[1], jpegs[2]]  # a short video's clip: one JPEG twice
+    for view, size in ((View(3, 5, 40, 50, flip=True), (20, 24)), (View(0, 0, 48, 64), 32)):
+        for fast in (False, True):
+            expected = apply_view(decode(looped, fast=fast), view, size)
+            assert np.array_equal(decode_view(looped, view, size, fast=fast), expected)

@@ -2,6 +2,7 @@
 epoch draws them (one clip per video per round, whatever the video's length)."""
 
 import numpy as np
+import pyarrow as pa
 import simplejpeg
 
 from pipeline.store import phase_rows, rows_to_table, write_shard
@@ -37,6 +38,8 @@ def test_cut_clip_decodes_the_entries_it_is_given():
     assert clip.shape == (4, 24, 24, 3) and frame_codes(clip).tolist() == [60, 70, 80, 90]
     looped = cut_clip(row[:3], np.array([2, 0, 1, 2]), 32, 40, np.random.default_rng(0), CFG)
     assert frame_codes(looped).tolist() == [30, 10, 20, 30]
+    arrow = pa.array([row], pa.list_(pa.binary()))[0].values  # a store row as shard_clips reads it, uncopied
+    assert np.array_equal(cut_clip(arrow, np.array([5, 6, 7, 8]), 32, 40, np.random.default_rng(0), CFG), clip)
 
 
 def write_videos(url, lengths, phases=4):
