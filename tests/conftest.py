@@ -5,6 +5,7 @@
 * ``mlflow_server`` - ``mlflow server`` on a SQLite store with served artifacts.
 * ``s3_server`` - ``moto_server`` with a bucket; fake credentials are set for the whole session.
 * ``bench_script`` - loads a benchmark script of bench/ by name (``bench.<name>``).
+* ``figures`` - a list a test appends measured numbers to; they are shown after the run.
 
 Each is started only when a test asks for it. ``@pytest.mark.gpu`` tests are skipped where
 torch sees no CUDA device.
@@ -50,6 +51,23 @@ os.environ.update({
     # here have one or two nodes, so polling 8x as often costs nothing.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
 })
+
+
+FIGURES: list[str] = []  # lines for the run's "figures" section (the ``figures`` fixture)
+
+
+@pytest.fixture(scope="session")
+def figures() -> list[str]:
+    """Measured figures a test appends (e.g. the motion tests' top-1): pytest shows them after the run,
+    passed or failed, so make test's and CI's logs carry them without -s."""
+    return FIGURES
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -56,16 +56,16 @@ def trained(stores, grid) -> dict[tuple[str, str], tuple]:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_only_temporal_models_tell_a_motion_from_its_reversal(trained, grid, arch):
+def test_only_temporal_models_tell_a_motion_from_its_reversal(trained, grid, arch, figures):
     top1 = trained["demo", arch][2]
-    print(f"{arch}: test top-1 {top1:.3f}")
+    figures.append(f"motion, the demo's store, {arch}: test top-1 {top1:.3f}")
     assert grid.passes(arch, top1)  # C2D: chance within a twin pair, 0.5 at best
 
 
 @pytest.mark.parametrize("arch", TEMPORAL)
-def test_motion_of_the_smallest_slowest_objects(trained, grid, arch):
+def test_motion_of_the_smallest_slowest_objects(trained, grid, arch, figures):
     top1 = trained["hardest", arch][2]
-    print(f"{arch}: test top-1 {top1:.3f}")
+    figures.append(f"motion, the grid's hardest cell, {arch}: test top-1 {top1:.3f}")
     assert grid.passes(arch, top1)
 
 
