@@ -62,7 +62,6 @@ def test_decode_returns_the_frames():
         assert np.abs(out.astype(int) - frames).mean() < 6
 
 
-
 def test_decode_view_is_decode_then_apply_view():
     rng = np.random.default_rng(3)
     frames = rng.integers(0, 255, (3, 48, 64, 3), dtype=np.uint8)
