@@ -33,7 +33,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from contextlib import ExitStack
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -44,10 +45,22 @@ CLUSTER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true
 MOTO_KEYS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+def free_ports(n: int, avoid: Collection[int] = ()) -> list[int]:
+    """``n`` distinct free ports, none in ``avoid``. Every socket stays bound until all are chosen:
+    ports taken one at a time can repeat (the kernel may hand out a just-closed port again), and a
+    Ray node given one port twice refuses to start."""
+    with ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < n:
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] not in avoid:
+                ports.append(s.getsockname()[1])
+        return ports
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
@@ -132,14 +145,16 @@ def ray_node_cmd(temp_dir: str, *, head_port: int, cpus: float, resources: dict,
     may other clusters (the test session's head runs beside tests/cluster's). Each node
     needs its own ``temp_dir``: in a shared one, a node's runtime-env agent deletes job working
     folders that another node's driver is running in."""
-    ports = [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+    flags = ["node-manager", "object-manager", "dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export",
+             "runtime-env-agent", "ray-client-server"]
+    ports = dict(zip(flags, free_ports(len(flags), avoid={head_port, dashboard_port}), strict=True))
+    client = ports.pop("ray-client-server")
     common = ["--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus:g}", "--num-gpus=0",
-              f"--resources={json.dumps(resources)}", "--disable-usage-stats", f"--temp-dir={temp_dir}", *ports]
+              f"--resources={json.dumps(resources)}", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+              *(f"--{flag}-port={port}" for flag, port in ports.items())]
     if head:
         return [str(BIN / "ray"), "start", "--head", f"--port={head_port}", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}", *common]
+                f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={client}", *common]
     return [str(BIN / "ray"), "start", f"--address=127.0.0.1:{head_port}", *common]
 
 
@@ -228,7 +243,7 @@ def start_ray(root: Path, state: dict, procs: list[subprocess.Popen], workers: i
     # The nodes' tasks read and write S3: moto's throw-away keys, else the caller's own credentials.
     state["ray_env"] = {**CLUSTER_ENV, **state["s3_keys"], "RAY_AUTH_MODE": "token",
                         "RAY_AUTH_TOKEN_PATH": str(token.resolve())}
-    head_port, dash = free_port(), free_port()
+    head_port, dash = free_ports(2)
     state["ray_address"], state["ray_dashboard"] = f"127.0.0.1:{head_port}", f"http://127.0.0.1:{dash}"
     log = root / "ray-head.log"
     # Short temp dirs outside --dir: Ray's socket paths must stay under ~107 characters.

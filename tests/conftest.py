@@ -33,7 +33,7 @@ from types import ModuleType
 
 import pytest
 
-from cluster.local import free_port, http_ok, ray_node_cmd, start, start_mlflow, start_moto, stop, wait_until
+from cluster.local import free_ports, http_ok, ray_node_cmd, start, start_mlflow, start_moto, stop, wait_until
 
 # Tests must never reach a real cloud account or phone home.
 os.environ.update({
@@ -109,7 +109,7 @@ class RayCluster:
 def ray_cluster() -> Iterator[RayCluster]:
     # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
     temp_dir = Path(tempfile.mkdtemp(prefix="rayt", dir="/tmp"))
-    port, dash = free_port(), free_port()
+    port, dash = free_ports(2)
     log = temp_dir / "head.log"
     # `--block` keeps `ray start` in the foreground: stopping it stops exactly this cluster.
     # Logical CPUs exceed the 2 real cores: train workers ask for fractions of a CPU, and Ray Data
