@@ -52,7 +52,7 @@ from pipeline.store import Store  # noqa: E402
 from pipeline.synthetic import write_video  # noqa: E402
 from train.augment import apply_view, train_view  # noqa: E402
 from train.data import clips_per_epoch, epoch_plan, shard_clips, train_dataset  # noqa: E402
-from train.sampling import train_clip_indices  # noqa: E402
+from train.sampling import train_clip_in_rows, train_clip_indices  # noqa: E402
 from train.settings import DataConfig  # noqa: E402
 
 SIZES = "340x256,640x360,1280x720"
@@ -144,9 +144,8 @@ def decode_rate(store: Store, cfg: DataConfig, clips: int) -> float:
     picks = []
     for i in range(clips):
         row = rows[i % len(rows)]
-        row = row * -(-cfg.frames // len(row))  # a row shorter than a clip loops, as its clips do
-        at = int(rng.integers(0, len(row) - cfg.frames + 1))
-        picks.append({id(j): j for j in row[at:at + cfg.frames]}.values())  # a looped entry decoded once
+        _, entries = train_clip_in_rows([len(row)], rng, frames=cfg.frames)  # the loader's draw within a row
+        picks.append([row[e] for e in np.unique(entries)])  # a looped entry decoded once, as in cut_clip
     frame = None
     start = time.monotonic()
     for jpegs in picks:
