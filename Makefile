@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-output
 
-.PHONY: install test demo mlflow-ui lint clean
+.PHONY: install system-packages test demo mlflow-ui lint clean
 
 install: $(STAMP)
 
@@ -17,7 +17,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-test: install
+# What the suite needs beyond Python, from Debian's packages where the machine lacks them: PostgreSQL
+# (tests/cluster's MLflow backend) and Chromium with its driver (the MLflow UI test). sudo where not root.
+system-packages:
+	@need=""; \
+	{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || need="$$need postgresql"; \
+	command -v chromium >/dev/null || need="$$need chromium"; \
+	command -v chromedriver >/dev/null || need="$$need chromium-driver"; \
+	[ -z "$$need" ] && exit 0; \
+	command -v apt-get >/dev/null || { echo "make test needs these Debian packages:$$need; install them" \
+		"(or their equivalents) and run it again" >&2; exit 1; }; \
+	sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	echo "make test: installing$$need"; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$need >/dev/null
+
+test: install system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -81,14 +81,14 @@ def test_a_bad_member_fails_before_ray_starts(store, mlflow_server, tmp_path, mo
 
 
 def chromium():
-    """Headless Chromium through Debian's chromium and chromium-driver (.ci/run installs them)."""
+    """Headless Chromium through Debian's chromium and chromium-driver (make test installs them)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     driver, browser = shutil.which("chromedriver"), shutil.which("chromium")
     if not (driver and browser):
         pytest.fail("the browser test needs Debian's chromium and chromium-driver: apt-get install chromium "
-                    "chromium-driver (.ci/run does)")
+                    "chromium-driver (make test does)")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
