@@ -243,13 +243,17 @@ def start_ray(root: Path, state: dict, procs: list[subprocess.Popen], workers: i
     # The nodes' tasks read and write S3: moto's throw-away keys, else the caller's own credentials.
     state["ray_env"] = {**CLUSTER_ENV, **state["s3_keys"], "RAY_AUTH_MODE": "token",
                         "RAY_AUTH_TOKEN_PATH": str(token.resolve())}
+    # As on a real cluster (cluster/aws.yaml): a job's `python` is the installation the nodes run, and
+    # its driver logs to the cluster's MLflow server.
+    node_env = {**state["ray_env"], "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                **({"MLFLOW_TRACKING_URI": state["mlflow"]} if "mlflow" in state else {})}
     head_port, dash = free_ports(2)
     state["ray_address"], state["ray_dashboard"] = f"127.0.0.1:{head_port}", f"http://127.0.0.1:{dash}"
     log = root / "ray-head.log"
     # Short temp dirs outside --dir: Ray's socket paths must stay under ~107 characters.
     state["temp_dirs"] = [tempfile.mkdtemp(prefix="cost-ray-") for _ in range(workers + 1)]
     proc = start(ray_node_cmd(state["temp_dirs"][0], head_port=head_port, cpus=head_cpus, resources={"head": 1},
-                              head=True, dashboard_port=dash), log, env=state["ray_env"])
+                              head=True, dashboard_port=dash), log, env=node_env)
     _started(state, procs, "ray-head", proc)
     auth = {"Authorization": f"Bearer {token.read_text()}"}
     wait_until(lambda: http_ok(f"{state['ray_dashboard']}/api/version", auth), "ray head", proc, log, 180)
@@ -260,7 +264,7 @@ def start_ray(root: Path, state: dict, procs: list[subprocess.Popen], workers: i
     for i in range(1, workers + 1):
         log = root / f"ray-worker-{i}.log"
         proc = start(ray_node_cmd(state["temp_dirs"][i], head_port=head_port, cpus=worker_cpus,
-                                  resources={f"worker_node_{i}": 1}), log, env=state["ray_env"])
+                                  resources={f"worker_node_{i}": 1}), log, env=node_env)
         _started(state, procs, f"ray-worker-{i}", proc)
         wait_until(lambda n=i: alive() == n + 1, f"ray worker node {i}", proc, log, 180)
 

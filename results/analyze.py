@@ -1,7 +1,7 @@
 """View-coefficient analysis of a finished CoST run (paper Figs. 7 and 8), again: how much the
 model relies on each view.
 
-    python results/analyze.py --run RUN_ID [--split val] [--clips 10] [--device cuda]
+    python results/analyze.py --run NAME|RUN_ID [--split val] [--clips 10] [--device cuda]
 
 Runs the run's best checkpoint over the split in this process, writes per CoST layer the mean
 coefficient of the H-W (spatial), T-W and T-H (temporal) views and per class the temporal share
@@ -49,7 +49,8 @@ def view_stats(model: torch.nn.Module, cfg: TrainConfig, store: Store, split: st
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="View-coefficient analysis of a trained CoST run (paper Figs. 7-8), "
                                             "logged to the run under analysis/.")
-    p.add_argument("--run", required=True, help="the MLflow run id of a finished training run")
+    p.add_argument("--run", required=True, help="a finished training run: its name (as the console printed it) "
+                                                "or its MLflow run id")
     p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the local SQLite store")
     p.add_argument("--split", help="default: the run's test split (else its val split)")
     p.add_argument("--clips", type=int, help="clips per video (default: the run's data.test_clips)")
@@ -60,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     uri = tracking.tracking_uri(args.tracking_uri)
     try:
-        path, opts = tracking.run_checkpoint(uri, args.run)
+        run = tracking.training_run(uri, args.run)
+        path, opts = tracking.run_checkpoint(run)
         state = load_state(path, opts)
         cfg = from_dict(TrainConfig, state["config"])
         model = model_from_state(state).to(args.device)
@@ -77,15 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     clips = args.clips or cfg.data.test_clips
     stats = view_stats(model, cfg, store, split, clips, args.device)
-    out = Path(args.out or os.path.join(HOME, "analysis", args.run))
+    run_id = run.info.run_id
+    out = Path(args.out or os.path.join(HOME, "analysis", run_id))
     files = write_analysis(stats, store.classes, out)
     print(f"[analyze] {split}: {int(stats.class_counts.sum())} clips of {int((stats.class_counts > 0).sum())} "
           f"classes, {clips} per video; files in {out}")
     print(summary(stats.layer_rows(), stats.class_rows(store.classes)))
     if not args.no_log:
         for f in files:
-            tracking.client(uri).log_artifact(args.run, str(f), "analysis")
-        print(f"[analyze] logged to run {args.run} under analysis/")
+            tracking.client(uri).log_artifact(run_id, str(f), "analysis")
+        print(f"[analyze] logged to run {args.run} ({run_id}) under analysis/")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Classify video files with a trained model: the paper's multi-clip test protocol on each video.
 
-    python results/predict.py --run RUN_ID video.mp4 [more.mp4 ...]
+    python results/predict.py --run NAME|RUN_ID video.mp4 [more.mp4 ...]
     python results/predict.py --checkpoint RUNS/NAME/checkpoint_... video.mp4 [--json]
 
 Each video is decoded as the model's frame store was prepared (frame step, short side, JPEG
@@ -39,7 +39,8 @@ from train.settings import TrainConfig  # noqa: E402
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", help="an MLflow run id: its best checkpoint")
+    source.add_argument("--run", help="a training run's name (as the console printed it) or MLflow run id: "
+                                      "its best checkpoint")
     source.add_argument("--checkpoint", help="a checkpoint directory of a training run (or its state.pt)")
     p.add_argument("videos", nargs="+", metavar="VIDEO")
     p.add_argument("--tracking-uri", help="with --run; default: $MLFLOW_TRACKING_URI, else the local SQLite store")
@@ -57,7 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, TrainConfig, dict]:
     """(model in eval mode on the device, state, its config, the store's preparation parameters)."""
     if args.run:
-        path, opts = tracking.run_checkpoint(tracking.tracking_uri(args.tracking_uri), args.run)
+        path, opts = tracking.run_checkpoint(tracking.training_run(tracking.tracking_uri(args.tracking_uri), args.run))
     else:
         path, opts = args.checkpoint, endpoint_options(args.s3_endpoint)
     state = load_state(path, opts)

@@ -6,6 +6,7 @@
 * ``s3_server`` - ``moto_server`` with a bucket; fake credentials are set for the whole session.
 * ``bench_script`` - loads a benchmark script of bench/ by name (``bench.<name>``).
 * ``figures`` - a list a test appends measured numbers to; they are shown after the run.
+* ``DocShell`` - runs the command blocks of README.md and docs/ as a user's shell does.
 
 Each is started only when a test asks for it. ``@pytest.mark.gpu`` tests are skipped where
 torch sees no CUDA device.
@@ -13,11 +14,13 @@ torch sees no CUDA device.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import importlib
 import os
 import pty
+import re
 import select
 import shutil
 import struct
@@ -25,11 +28,12 @@ import subprocess
 import sys
 import tempfile
 import termios
+import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -105,8 +109,10 @@ class RayCluster:
     temp_dir: Path
 
 
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[RayCluster]:
+@contextlib.contextmanager
+def ray_head(env: dict[str, str] | None = None) -> Iterator[RayCluster]:
+    """A one-node Ray cluster (dashboard and job API included) in its own temp dir, its processes
+    and the jobs' drivers with ``env`` added to this process's environment."""
     # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
     temp_dir = Path(tempfile.mkdtemp(prefix="rayt", dir="/tmp"))
     port, dash = free_ports(2)
@@ -115,23 +121,32 @@ def ray_cluster() -> Iterator[RayCluster]:
     # Logical CPUs exceed the 2 real cores: train workers ask for fractions of a CPU, and Ray Data
     # tasks must still find slots beside them, or a pipeline on 2 cores starves.
     proc = start(ray_node_cmd(str(temp_dir), head_port=port, cpus=max(4, os.cpu_count() or 1), resources={},
-                              head=True, dashboard_port=dash), log)
-    address, dashboard_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
-    wait_until(lambda: http_ok(f"{dashboard_url}/api/version"), "ray head", proc, log, timeout=180)
-    old = os.environ.get("RAY_ADDRESS")
-    os.environ["RAY_ADDRESS"] = address
+                              head=True, dashboard_port=dash), log, env)
     try:
-        yield RayCluster(address, dashboard_url, temp_dir)
+        dashboard_url = f"http://127.0.0.1:{dash}"
+        wait_until(lambda: http_ok(f"{dashboard_url}/api/version"), "ray head", proc, log, timeout=180)
+        yield RayCluster(f"127.0.0.1:{port}", dashboard_url, temp_dir)
     finally:
-        import ray
-
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("RAY_ADDRESS", None)
-        else:
-            os.environ["RAY_ADDRESS"] = old
         stop(proc, grace=1)  # throw-away: no need to wait 5 s for a clean exit
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """The session's Ray head; entry points called in-process join it through RAY_ADDRESS."""
+    with ray_head() as cluster:
+        old = os.environ.get("RAY_ADDRESS")
+        os.environ["RAY_ADDRESS"] = cluster.address
+        try:
+            yield cluster
+        finally:
+            import ray
+
+            ray.shutdown()
+            if old is None:
+                os.environ.pop("RAY_ADDRESS", None)
+            else:
+                os.environ["RAY_ADDRESS"] = old
 
 
 @pytest.fixture(scope="session")
@@ -202,3 +217,97 @@ def run_in_terminal(cmd: list[str], timeout: float) -> tuple[int, str]:
 def in_terminal():
     """``run_in_terminal``: a command-line tool as a user sees it in a terminal."""
     return run_in_terminal
+
+
+# The docs' commands (tests/test_docs.py, tests/cluster/test_local_cluster.py). A command block is a
+# ```sh fence; each of its lines (continuations joined) is one command.
+DOCS = ("README.md", "docs/data.md", "docs/training.md", "docs/results.md", "docs/models.md", "docs/protocol.md",
+        "docs/development.md", "cluster/README.md")
+FENCE = re.compile(r"^([ \t]*)```(\w*)\n(.*?)^\1```[ \t]*$", re.M | re.S)
+# What every doc command is run with, as (regex, replacement) over the command: one short epoch of
+# 4-frame clips and one seed of one CoST model (every command's code path, in seconds); a placeholder
+# checkpoint is the newest one written; a server passes once its page answers, and is stopped.
+SCALE = [(r"--videos-per-class \d+", "--videos-per-class 4"), (r"--seeds \d+", "--seeds 1"),
+         (r"--archs c2d,c3d,cost_a,cost_b", "--archs cost_b"),
+         (r"^(.*(?:train/main\.py --config|results/compare\.py).*)$",
+          r"\1 data.frames=4 data.test_clips=2 data.clips_per_video=2 trainer.epochs=1 optim.warmup_epochs=0.5 "
+          r"trainer.val_every=1 tracking.log_model=false tracking.system_metrics_s=0"),
+         (r"\bCHECKPOINT\b", '"$(ls -td "$COST_HOME"/runs/*/checkpoint_*/ | head -1)"'),
+         (r"^(mlflow ui .*--port (\d+).*)$", r"serves http://127.0.0.1:\2 \1")]
+SERVES = """serves() {  # serves URL COMMAND...: COMMAND's page answers at URL within 2 minutes; then stopped
+  local url=$1; shift; setsid "$@" > serves.log 2>&1 & local pid=$!
+  for _ in $(seq 240); do
+    if curl -sf -o /dev/null "$url"; then kill -- -$pid; return 0; fi
+    kill -0 $pid 2>/dev/null || break; sleep 0.5
+  done
+  kill -- -$pid 2>/dev/null; cat serves.log >&2; return 1
+}"""
+NOT_RUN = {  # command prefix: why this machine does not run it
+    "make demo": "the whole demo takes 7 minutes; its commands are README's and docs/'s, run here",
+    "make test": "this suite",
+    "python3.11 -m venv": "the GPU install: a CUDA torch from PyTorch's index",
+    ".venv/bin/pip install torch": "the GPU install: a CUDA torch from PyTorch's index",
+    "aws ": "AWS's CLI, on an AWS account", "VPC=": "AWS's CLI, on an AWS account",
+    "EFA=": "AWS's CLI, on an AWS account",
+}
+
+
+def doc_blocks(doc: str) -> list[list[str]]:
+    """The ```sh blocks of ``doc`` (a path under the repository), each as its commands."""
+    text = (ROOT / doc).read_text()
+    return [[line for line in re.sub(r"\\\n\s*", "", textwrap.dedent(m.group(3))).splitlines() if line.strip()]
+            for m in FENCE.finditer(text) if m.group(2) == "sh"]
+
+
+def unfenced_commands(doc: str) -> list[str]:
+    """Lines of ``doc`` outside its fences that read as commands: each belongs in a ```sh block."""
+    text = FENCE.sub("", (ROOT / doc).read_text())
+    return re.findall(r"^ {4,}(?:python|\.venv/bin/|ray |make |mlflow |aws |kubectl |docker ).*$", text, re.M)
+
+
+@dataclass
+class DocShell:
+    """A user's checkout and shell: a copy of the repository's tracked files with the installed
+    .venv beside them, its bin first on PATH, in which doc blocks run as written but for ``subs``
+    (what this machine stands in for: a cluster's addresses, datasets, config) and SCALE. The
+    commands of NOT_RUN are echoed with the reason, not run."""
+
+    dir: Path
+    env: dict[str, str]
+    subs: list[tuple[str, str]]
+    ran: set[str] = field(default_factory=set)  # a command two docs show alike runs once
+
+    @classmethod
+    def checkout(cls, where: Path, env: dict[str, str], subs: list[tuple[str, str]]) -> DocShell:
+        files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+        for name in files.stdout.splitlines():
+            if (ROOT / name).is_file():
+                (where / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, where / name)  # times kept: make sees .venv as up to date
+        venv = Path(sys.executable).parent.parent
+        (where / ".venv").symlink_to(venv)
+        return cls(where, {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", **env}, subs)
+
+    def script(self, commands: list[str]) -> str:
+        lines = ["set -eo pipefail", SERVES, "PS4='+ [${SECONDS}s] '", "set -x"]
+        for cmd in commands:
+            why = next((r for prefix, r in NOT_RUN.items() if cmd.startswith(prefix)), None)
+            if why:
+                lines.append(f": not run here, {why!r}: {cmd!r}")
+                continue
+            for pattern, repl in self.subs + SCALE:
+                cmd = re.sub(pattern, repl, cmd)
+            lines.append(f": ran above: {cmd!r}" if cmd in self.ran else cmd)
+            self.ran.add(cmd)
+        return "\n".join(lines) + "\n"
+
+    def run(self, commands: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", self.script(commands)], cwd=self.dir, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def docs() -> SimpleNamespace:
+    """The docs' command blocks, DocShell to run them, and ``ray_head`` for a cluster of their own."""
+    return SimpleNamespace(DOCS=DOCS, blocks=doc_blocks, unfenced=unfenced_commands, Shell=DocShell,
+                           ray_head=ray_head)

@@ -161,15 +161,31 @@ def close_run(uri: str, run_id: str, status: str) -> None:
     client(uri).set_terminated(run_id, status=status)
 
 
-def run_checkpoint(uri: str, run_id: str) -> tuple[str, dict]:
-    """(the best checkpoint of a finished training run, storage options to read it)."""
+def training_run(uri: str, ref: str):  # -> mlflow.entities.Run
+    """The training run ``ref`` names: its name as the console prints it (tag ``cost.run_name``), in any
+    experiment, or its MLflow run id."""
+    c = client(uri)
+    exps = [e.experiment_id for e in c.search_experiments()]
+    named = c.search_runs(exps, filter_string=f"tags.`{NAME_TAG}` = '{ref}' and tags.mode = 'train'") \
+        if exps and "'" not in ref else []
+    if len(named) > 1:
+        where = ", ".join(sorted(c.get_experiment(r.info.experiment_id).name for r in named))
+        raise ConfigError(f"--run {ref}: {len(named)} training runs have that name (experiments {where}); "
+                          "give the run id instead")
+    if named:
+        return named[0]
     try:
-        run = client(uri).get_run(run_id)
+        return c.get_run(ref)
     except Exception as e:  # MlflowException: no such run
-        raise ConfigError(f"--run {run_id}: no such run at {uri} ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"--run {ref}: no training run of that name or id at {uri} "
+                          f"({str(e).splitlines()[0]})") from None
+
+
+def run_checkpoint(run) -> tuple[str, dict]:
+    """(the best checkpoint of a finished training run, storage options to read it)."""
     path = run.data.tags.get("best_checkpoint")
     if not path:
-        raise ConfigError(f"--run {run_id}: the run has no best_checkpoint tag (it did not finish training); "
-                          "give --checkpoint PATH instead")
+        raise ConfigError(f"--run {run.info.run_id}: the run has no best_checkpoint tag (it did not finish "
+                          "training); give --checkpoint PATH instead")
     endpoint = run.data.params.get("data.s3_endpoint")  # params hold str(value): "None" when unset
     return path, endpoint_options(None if endpoint in (None, "None") else endpoint)

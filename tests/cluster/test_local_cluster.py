@@ -25,7 +25,6 @@ import s3fs
 from mlflow.tracking import MlflowClient
 
 from cluster import local
-from pipeline.synthetic import SyntheticSpec, generate
 from train import tracking
 from train.checkpoints import load_state
 
@@ -60,16 +59,20 @@ def run(state: dict, *cmd: str, timeout: float = 400) -> subprocess.CompletedPro
 
 
 @pytest.fixture(scope="module")
-def store(cluster) -> str:
-    src = cluster["root"] / "videos"
-    generate(SyntheticSpec(kind="appearance", classes=4, videos_per_class=4, val_videos_per_class=2), src)
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": cluster["s3_endpoint"]})
-    fs.put(str(src) + "/", f"{cluster['bucket']}/videos/", recursive=True)
-    out = f"s3://{cluster['bucket']}/store"
-    done = run(cluster, "pipeline/prepare.py", "--dataset", "kinetics", "--root", f"s3://{cluster['bucket']}/videos",
-               "--out", out)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+def store(cluster, docs, tmp_path_factory) -> str:
+    """cluster/README.md's "Try it on one machine", run as written on this module's cluster (standing
+    in for its `up` and `down`): synthetic videos put on S3, prepared into s3://cost/store there,
+    and a training job spread over both nodes."""
+    where = tmp_path_factory.mktemp("try-it")
+    (where / ".cluster").symlink_to(cluster["root"] / "c")
+    subs = [(r"^.*cluster/local\.py (?:up|down)\b.*$", ": the cluster of this test module stands in"),
+            (r"/tmp/videos", str(cluster["root"] / "videos"))]
+    sh = docs.Shell.checkout(where, {}, subs)
+    (block,) = [b for b in docs.blocks("cluster/README.md") if any("cluster/local.py up" in c for c in b)]
+    done = sh.run(block)
+    assert done.returncode == 0, f"{block}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    assert "succeeded" in done.stdout + done.stderr and "2 workers on 2 node(s)" in done.stdout + done.stderr
+    return f"s3://{cluster['bucket']}/store"
 
 
 def train_args(cluster: dict, store: str, name: str, *extra: str) -> list[str]:
@@ -158,7 +161,7 @@ def test_a_comparison_job_spread_over_both_nodes_survives_losing_one(cluster, st
     assert {"loss", "clips_per_s", "val_top1", "test_top1"} <= set(found.data.metrics)
     # The best checkpoint as a URL that analyze, predict and --eval-only read back through the endpoint.
     assert found.data.tags["best_checkpoint"].startswith(f"s3://{cluster['bucket']}/runs/{name}/")
-    assert load_state(*tracking.run_checkpoint(uri, found.info.run_id))["config"]["name"] == name
+    assert load_state(*tracking.run_checkpoint(tracking.training_run(uri, name)))["config"]["name"] == name
     # MLflow: the run in PostgreSQL, its artifacts in S3, the model loaded back through the server.
     with psycopg2.connect(cluster["mlflow_backend"].replace("+psycopg2", "")) as db, db.cursor() as cur:
         cur.execute("SELECT status FROM runs WHERE run_uuid = %s", (found.info.run_id,))

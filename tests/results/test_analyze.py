@@ -104,7 +104,8 @@ def trained_run(ray_cluster, mlflow_server, tmp_path_factory) -> tuple[str, str,
                                 store_params=store.manifest["params"]))
     client = MlflowClient(mlflow_server)
     run = client.create_run(client.create_experiment("analyze-tests"), run_name="tiny-cost_a",
-                            tags={"mode": "train", "arch": "cost_a", "best_checkpoint": str(checkpoint)})
+                            tags={"mode": "train", "arch": "cost_a", "best_checkpoint": str(checkpoint),
+                                  "cost.run_name": "tiny-cost_a"})
     client.log_param(run.info.run_id, "data.s3_endpoint", "None")
     client.set_terminated(run.info.run_id)
     return run.info.run_id, store.url, wanted
@@ -142,3 +143,18 @@ def test_predict_run_prints_top_classes_and_temporal_share(trained_run, mlflow_s
     assert out[0].startswith(f"{video}: ") and [line[:5] for line in out[1:4]] == ["  1. ", "  2. ", "  3. "]
     temporal = np.mean([w[1] + w[2] for w in wanted.values()])
     assert out[4].startswith(f"  temporal views: {temporal:.0%} of the coefficients")
+
+
+def test_run_takes_the_name_the_console_printed(trained_run, mlflow_server, capsys):
+    run_id, store_url, _ = trained_run
+    video = read_table(Store(store_url).shard_urls("val")[0], columns=["source"]).column("source")[0].as_py()
+    assert predict(["--run", "tiny-cost_a", "--tracking-uri", mlflow_server, "--top", "1", video]) == 0
+    assert capsys.readouterr().out.startswith(f"{video}: ")
+    assert predict(["--run", "no-such-run", "--tracking-uri", mlflow_server, video]) == 2
+    assert "--run no-such-run: no training run of that name or id" in capsys.readouterr().err
+    # The same name in a second experiment: the id, not a guess.
+    client = MlflowClient(mlflow_server)
+    client.create_run(client.create_experiment("analyze-twin"), tags={"mode": "train", "cost.run_name": "tiny-cost_a"})
+    assert analyze(["--run", "tiny-cost_a", "--tracking-uri", mlflow_server, "--no-log"]) == 2
+    assert "2 training runs have that name (experiments analyze-tests, analyze-twin)" in capsys.readouterr().err
+    assert analyze(["--run", run_id, "--tracking-uri", mlflow_server, "--no-log", "--clips", "1"]) == 0

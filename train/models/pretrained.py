@@ -1,6 +1,6 @@
 """Initialise a video ResNet from an ImageNet-pretrained 2D ResNet state dict (torchvision keys).
 
-    report = load_2d_pretrained(model, "resnet50-imagenet.pth")
+    report = load_2d_pretrained(model, "resnet50-0676ba61.pth")
     print(report.summary())
 
 Rules, key by key (names are the same in both networks):
