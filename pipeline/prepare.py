@@ -9,6 +9,7 @@ else on a new local one. Writes (local path or s3://):
     STORE/_plan.json                    the inputs' fingerprint and parameters (first)
     STORE/<split>/shard-NNNNN.parquet   store rows (pipeline/store.py): one per video and phase
     STORE/_quarantine/<split>-NNNNN.parquet   per-shard quarantine parts
+    STORE/_summaries/<id>.json          what the shards hold, saved a thousand shards at a time
     STORE/quarantine.parquet            every video that could not be used, with its reason
     STORE/manifest.json                 counts, classes, parameters (last: the store is complete)
 
@@ -26,9 +27,11 @@ import json
 import os
 import sys
 import time
+import uuid
 import zlib
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -41,8 +44,8 @@ from pipeline.session import git_commit, ray_session, unshared_paths
 from pipeline.shards import QUARANTINE_SCHEMA, ShardSpec, quarantine_row, run_shard_row, spec_row
 from pipeline.storage import (
     TMP_MARK,
+    absolute,
     endpoint_options,
-    exists,
     filesystem,
     is_local,
     listing,
@@ -50,11 +53,14 @@ from pipeline.storage import (
     read_json,
     read_table,
     size,
+    with_connections,
     write_json,
 )
 from pipeline.store import SCHEMA_VERSION, shard_directory, write_table
 
 DATASETS = ("kinetics", "moments", "folder", "synthetic")
+READ_THREADS = 64  # files read at once when a resumed run finalizes: S3 answers each in 10-30 ms
+SUMMARIES_PER_FILE = 1000  # shard summaries saved together (_summaries/): a resume reads them back per file
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -104,6 +110,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         problems.append("--short-side must be >= 16, --videos-per-shard >= 1, --limit >= 0")
     if problems:
         p.error("; ".join(problems))
+    args.root, args.out = absolute(args.root), absolute(args.out)  # Ray Data's workers run in other folders
     return args
 
 
@@ -139,6 +146,12 @@ def fingerprint(items: list[VideoItem]) -> str:
     return h.hexdigest()[:16]
 
 
+def make_plan(args: argparse.Namespace, index: DatasetIndex, items: list[VideoItem]) -> dict:
+    """What a store is prepared from and with (its _plan.json): another plan is another store."""
+    return dict(schema_version=SCHEMA_VERSION, dataset=args.dataset, root=args.root, classes=index.classes,
+                params=params(args), input_fingerprint=fingerprint(items), inputs=len(items))
+
+
 def plan_shards(items: list[VideoItem], out: str, args: argparse.Namespace, opts: dict) -> list[ShardSpec]:
     """Each split's videos in an order shuffled with --shuffle-seed, cut into shards. Ids often start
     with the class (Moments in Time, folder datasets): sorted shards would each hold one class."""
@@ -158,9 +171,10 @@ def plan_shards(items: list[VideoItem], out: str, args: argparse.Namespace, opts
     return shards
 
 
-def run_shards(todo: list[ShardSpec], workers: int, total_videos: int, done_videos: int) -> None:
+def run_shards(todo: list[ShardSpec], workers: int, total_videos: int, done_videos: int, out: str,
+               opts: dict) -> dict[str, dict]:
     """Each shard a Ray Data task; a progress bar on a terminal (else a line every few seconds) as
-    their summaries arrive."""
+    their summaries arrive, saved to the store a thousand at a time. Returns them by shard name."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -171,50 +185,94 @@ def run_shards(todo: list[ShardSpec], workers: int, total_videos: int, done_vide
     # end in the isolated child (a quarantined video), so nothing is retried forever.
     ds = ds.map(run_shard_row, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=workers) if workers else None)
     start = last = time.monotonic()
-    finished, videos, bad = 0, 0, 0
+    videos, bad = 0, 0
+    summaries: dict[str, dict] = {}
+    unsaved: dict[str, dict] = {}
+    name = {(s.split, s.index): s.url[len(out) + 1:] for s in todo}
     bar = tqdm(total=total_videos, initial=done_videos, unit=" videos", desc="[prepare]", dynamic_ncols=True) \
         if sys.stderr.isatty() else None
     for row in ds.iter_rows():
         s = json.loads(row["summary"])
-        finished += 1
+        summaries[name[s["split"], s["index"]]] = unsaved[name[s["split"], s["index"]]] = s
+        if len(unsaved) == SUMMARIES_PER_FILE:
+            save_summaries(out, unsaved, opts)
+            unsaved = {}
         quarantined = sum(s["quarantined"].values())
         videos += s["videos"] + quarantined
         bad += quarantined
         now = time.monotonic()
         if bar:
-            bar.set_postfix_str(f"{finished}/{len(todo)} shards, {bad} quarantined", refresh=False)
+            bar.set_postfix_str(f"{len(summaries)}/{len(todo)} shards, {bad} quarantined", refresh=False)
             bar.update(s["videos"] + quarantined)
-        elif now - last > 5 or finished == len(todo):
+        elif now - last > 5 or len(summaries) == len(todo):
             rate = videos / max(now - start, 1e-9)
-            print(f"[prepare] {done_videos + videos}/{total_videos} videos, {finished}/{len(todo)} "
+            print(f"[prepare] {done_videos + videos}/{total_videos} videos, {len(summaries)}/{len(todo)} "
                   f"shards, {rate:.1f} videos/s, {bad} quarantined", flush=True)
             last = now
     if bar:
         bar.close()
+    if unsaved:
+        save_summaries(out, unsaved, opts)
+    return summaries
+
+
+def save_summaries(out: str, summaries: dict[str, dict], opts: dict) -> None:
+    write_json({"summaries": summaries}, f"{out}/_summaries/{uuid.uuid4().hex}.json", opts)
+
+
+def saved_summaries(out: str, opts: dict) -> dict[str, dict]:
+    """The shard summaries earlier runs saved, by shard name: a listing and a read per thousand shards."""
+    files = [f"{out}/_summaries/{n}" for n in listing(f"{out}/_summaries", opts) if n.endswith(".json")]
+    parallel = with_connections(out, opts, READ_THREADS)
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        return {name: s for part in pool.map(lambda f: read_json(f, parallel), files)
+                for name, s in part["summaries"].items()}
+
+
+def read_summary(spec: ShardSpec, classes: list[str], opts: dict) -> dict:
+    """The summary of a shard written by an earlier run, read back: its quarantine part, footer and size."""
+    with open_ranged(spec.url, opts) as f:
+        rows = shard_directory(pq.ParquetFile(f))  # the footer alone
+    per_class: dict[str, int] = {}
+    for r in rows:
+        if r["phase"] == 0:  # one per video
+            per_class[classes[r["label"]]] = per_class.get(classes[r["label"]], 0) + 1
+    return dict(quarantine=read_table(spec.quarantine_url, opts).to_pylist(), per_class=per_class, rows=len(rows),
+                frames=sum(r["length"] for r in rows), bytes=size(spec.url, opts))
+
+
+def written_shards(out: str, splits: set[str], opts: dict) -> set[str]:
+    """The URLs of the data shards in ``out``: a listing per split (a request per 1,000 shards on S3)."""
+    return {f"{out}/{split}/{name}" for split in splits for name in listing(f"{out}/{split}", opts)}
 
 
 def finalize(out: str, shards: list[ShardSpec], items: list[VideoItem], index: DatasetIndex, plan: dict,
-             opts: dict) -> dict:
-    """Merge the quarantine, count what the shards hold, write the manifest last."""
-    parts = [read_table(s.quarantine_url, opts) for s in shards]
+             opts: dict, summaries: dict[str, dict]) -> dict:
+    """Merge the quarantine, count what the shards hold, write the manifest last, from the shards'
+    summaries: ``summaries`` (this run's, by shard name), those earlier runs saved, and for the
+    shards of a run killed before it saved theirs, each read back from the shard (in parallel)."""
+    summaries = {**saved_summaries(out, opts), **summaries}
+    names = {s.url: s.url[len(out) + 1:] for s in shards}
+    earlier = [s for s in shards if names[s.url] not in summaries]
+    parallel = with_connections(out, opts, READ_THREADS)
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        read = pool.map(lambda s: read_summary(s, index.classes, parallel), earlier)
+        summaries.update({names[s.url]: summary for s, summary in zip(earlier, read, strict=True)})
     missing = [quarantine_row(asdict(it), "missing", "annotated, but no video file at this path")
                for it in items if not it.exists]
-    quarantine = pa.concat_tables(parts + [pa.Table.from_pylist(missing, schema=QUARANTINE_SCHEMA)])
+    quarantine = pa.Table.from_pylist([q for s in shards for q in summaries[names[s.url]]["quarantine"]] + missing,
+                                      schema=QUARANTINE_SCHEMA)
     write_table(quarantine, f"{out}/quarantine.parquet", opts)
     splits: dict[str, dict] = {}
     for s in shards:
-        with open_ranged(s.url, opts) as f:
-            rows = shard_directory(pq.ParquetFile(f))  # the footer alone
+        summary = summaries[names[s.url]]
         entry = splits.setdefault(s.split, dict(videos=0, rows=0, frames=0, bytes=0, shards=[], per_class={}))
-        for r in rows:
-            if r["phase"] == 0:  # one per video
-                label = index.classes[r["label"]]
-                entry["per_class"][label] = entry["per_class"].get(label, 0) + 1
-                entry["videos"] += 1
-        entry["rows"] += len(rows)
-        entry["frames"] += sum(r["length"] for r in rows)
-        entry["bytes"] += size(s.url, opts)
-        entry["shards"].append(s.url[len(out) + 1:])
+        for label, n in summary["per_class"].items():
+            entry["per_class"][label] = entry["per_class"].get(label, 0) + n
+            entry["videos"] += n
+        for key in ("rows", "frames", "bytes"):
+            entry[key] += summary[key]
+        entry["shards"].append(names[s.url])
     manifest = dict(plan, classes=index.classes, splits=splits, code_version=code_version(),
                     quarantined=dict(Counter(quarantine.column("reason").to_pylist())),
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -267,14 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatasetError as e:
         raise SystemExit(f"prepare: {e}") from None
     items = select(index, args.limit)
-    plan = dict(schema_version=SCHEMA_VERSION, dataset=args.dataset, root=args.root, classes=index.classes,
-                params=params(args), input_fingerprint=fingerprint(items), inputs=len(items))
+    plan = make_plan(args, index, items)
     state = check_existing(out, plan, args.overwrite, opts)
     if state == "complete":
         print(f"[prepare] {out} is complete for these inputs and settings; nothing to do")
         return 0
     shards = plan_shards(items, out, args, opts)
-    todo = [s for s in shards if not exists(s.url, opts)]
+    written = written_shards(out, {s.split for s in shards}, opts)
+    todo = [s for s in shards if s.url not in written]
     total = sum(len(s.videos) for s in shards)
     done = total - sum(len(s.videos) for s in todo)
     with ray_session(args.address, args.num_cpus, quiet=not args.verbose) if todo else contextlib.nullcontext():
@@ -286,9 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_json(plan, f"{out}/_plan.json", opts)
         print(f"[prepare] {len(items)} annotated videos ({sum(not it.exists for it in items)} missing), "
               f"{len(shards)} shards, {len(todo)} to do" + (" (resuming)" if state == "resume" else ""), flush=True)
-        if todo:
-            run_shards(todo, args.workers, total, done)
-    manifest = finalize(out, shards, items, index, plan, opts)
+        summaries = run_shards(todo, args.workers, total, done, out, opts) if todo else {}
+    manifest = finalize(out, shards, items, index, plan, opts, summaries)
     print_summary(manifest, out, time.monotonic() - started)
     return 0
 

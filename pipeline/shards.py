@@ -63,7 +63,8 @@ def _local_copy(path: str, options: dict, tmp: str) -> str:
 
 
 def process_shard(spec: ShardSpec) -> dict:
-    """Write the shard; return a summary (videos, quarantined by reason, frames, rows, bytes, seconds)."""
+    """Write the shard; return a summary (videos, per class, quarantined by reason and its rows, frames,
+    rows, bytes, seconds)."""
     start = time.monotonic()
     rows: list[dict] = []
     quarantined: list[dict] = []
@@ -89,9 +90,14 @@ def process_shard(spec: ShardSpec) -> dict:
     reasons: dict[str, int] = {}
     for q in quarantined:
         reasons[q["reason"]] = reasons.get(q["reason"], 0) + 1
+    per_class: dict[str, int] = {}
+    for r in rows:
+        if r["phase"] == 0:  # one per video
+            per_class[r["label_name"]] = per_class.get(r["label_name"], 0) + 1
+    # What the manifest needs of the shard, so that prepare's driver reads nothing back per shard.
     return dict(split=spec.split, index=spec.index, videos=len(spec.videos) - len(quarantined),
-                quarantined=reasons, frames=frames, rows=len(rows), bytes=size,
-                seconds=time.monotonic() - start)
+                quarantined=reasons, quarantine=quarantined, per_class=per_class, frames=frames, rows=len(rows),
+                bytes=size, seconds=time.monotonic() - start)
 
 
 def run_shard_row(row: dict) -> dict:

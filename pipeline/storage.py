@@ -31,6 +31,15 @@ def endpoint_options(endpoint: str | None) -> dict:
     return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
 
 
+def with_connections(url: str, options: dict | None, n: int) -> dict:
+    """``options`` with room for ``n`` requests at once when ``url`` is on S3 (s3fs keeps 10): for
+    reading many small files in parallel threads."""
+    options = options or {}
+    if not url.startswith("s3://"):
+        return options
+    return {**options, "config_kwargs": {**options.get("config_kwargs", {}), "max_pool_connections": n}}
+
+
 def filesystem(url: str, options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(the filesystem that holds ``url``, the path of ``url`` on it). fsspec shares one client per
     set of options in a process, with its listings cached; other processes (Ray Train's workers,
@@ -43,6 +52,12 @@ def filesystem(url: str, options: dict | None = None) -> tuple[fsspec.AbstractFi
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     """True for this machine's own disk, where files can be renamed and read by path."""
     return isinstance(fs, LocalFileSystem)
+
+
+def absolute(url: str | None) -> str | None:
+    """A local path made absolute (``~`` expanded), a URL as it is: Ray's workers run in other
+    folders than the driver, so a relative path would name another place there."""
+    return url if url is None or "://" in url else os.path.abspath(os.path.expanduser(url))
 
 
 def is_node_local(url: str) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.session import unshared_paths
-from pipeline.storage import endpoint_options, exists
+from pipeline.storage import absolute, endpoint_options, exists
 from train.config import ConfigError
 
 HOME = os.path.expanduser(os.environ.get("COST_HOME", "~/cost-on-ray"))
@@ -163,13 +163,10 @@ def init_kind(m: ModelConfig) -> str:
 
 def absolute_paths(cfg: TrainConfig) -> None:
     """Local paths made absolute in place: Ray Train workers run in other folders than the driver."""
-    def fix(path: str | None) -> str | None:
-        return path if path is None or "://" in path else os.path.abspath(os.path.expanduser(path))
-
-    cfg.data.store = fix(cfg.data.store)
-    cfg.model.pretrained = fix(pretrained_path(cfg.model)) or cfg.model.pretrained
-    cfg.model.finetune_from = fix(cfg.model.finetune_from)
-    cfg.trainer.storage_path = fix(cfg.trainer.storage_path)
+    cfg.data.store = absolute(cfg.data.store)
+    cfg.model.pretrained = absolute(pretrained_path(cfg.model)) or cfg.model.pretrained
+    cfg.model.finetune_from = absolute(cfg.model.finetune_from)
+    cfg.trainer.storage_path = absolute(cfg.trainer.storage_path)
 
 
 def value_ranges(cfg: TrainConfig) -> dict[str, tuple[object, bool, str]]:

@@ -151,6 +151,17 @@ def test_folder_tree(kinetics, tmp_path, ray_cluster):
         ("train/moving left/empty", "zero_bytes")]
 
 
+def test_relative_paths_name_the_callers_folder_on_a_running_cluster(kinetics, tmp_path, ray_cluster,
+                                                                     monkeypatch):
+    """The session's Ray head runs its workers in folders of its own: relative paths must still mean
+    the caller's folder, as in the docs' `--root demo-output/motion --out demo-output/store`."""
+    shutil.copytree(kinetics, tmp_path / "videos")
+    monkeypatch.chdir(tmp_path)
+    assert prepare(["--dataset", "kinetics", "--root", "videos", "--out", "store", "--splits", "val"]) == 0
+    store = Store(str(tmp_path / "store"))
+    assert store.manifest["root"] == str(tmp_path / "videos") and store.manifest["splits"]["val"]["videos"] > 0
+
+
 def test_shards_hold_videos_shuffled_with_a_recorded_seed(kinetics, tmp_path, ray_cluster):
     root = tmp_path / "folder"
     copy_videos(kinetics, lambda s, label, stem: root / s / label / f"{stem}.mp4")  # ids start with the class
