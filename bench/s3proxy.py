@@ -4,6 +4,7 @@
         opts = endpoint_options(proxy.url)                           # every client of opts pays it
         ...
         proxy.counts    # Counter: LIST, GET, HEAD, PUT, POST, DELETE requests seen
+        proxy.seen      # (kind, path with query) of each, in order
 
 A moto server answers in about a millisecond, so a round trip per video or per shard costs nothing
 there and hours on S3: through this proxy it costs what it would, for s3fs, pyarrow and Ray's
@@ -35,6 +36,7 @@ class S3Proxy:
     def __init__(self, target: str, delay_s: float = 0.02) -> None:
         self.target, self.delay_s = urllib.parse.urlsplit(target), delay_s
         self.counts: Counter = Counter()
+        self.seen: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         proxy = self
 
@@ -59,6 +61,7 @@ class S3Proxy:
                 body = self.body()
                 with proxy.lock:
                     proxy.counts[kind(self.command, self.path)] += 1
+                    proxy.seen.append((kind(self.command, self.path), urllib.parse.unquote(self.path)))
                 time.sleep(proxy.delay_s)
                 conn = proxy.connection()
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP | {"content-length"}}
@@ -90,9 +93,9 @@ class S3Proxy:
         return self.local.conn
 
     def reset(self) -> Counter:
-        """The counts so far, then zero."""
+        """The counts so far, then zero (and nothing seen)."""
         with self.lock:
-            counts, self.counts = self.counts, Counter()
+            counts, self.counts, self.seen = self.counts, Counter(), []
         return counts
 
     def __enter__(self) -> S3Proxy:

@@ -52,6 +52,7 @@ class DatasetIndex:
     root: str
     classes: list[str]
     items: list[VideoItem] = field(default_factory=list)
+    files_checked: bool = True  # False: every item counts as present, unchecked (read_dataset's check_files)
 
     def missing(self) -> list[VideoItem]:
         return [it for it in self.items if not it.exists]
@@ -61,15 +62,22 @@ class DatasetIndex:
 
 
 def read_dataset(dataset: str, root: str, *, splits: Sequence[str] | None = None,
-                 storage_options: dict | None = None) -> DatasetIndex:
-    """The videos of ``splits`` (all splits when None) of a dataset laid out as ``dataset``."""
+                 storage_options: dict | None = None, check_files: bool = True) -> DatasetIndex:
+    """The videos of ``splits`` (all splits when None) of a dataset laid out as ``dataset``.
+
+    ``check_files=False``: where the annotations alone name every video's path (Moments in Time),
+    the video folders are not listed and every item counts as present (``index.files_checked`` is
+    then False): enough to tell whether a store was prepared from these inputs."""
     readers = {"kinetics": _kinetics, "moments": _moments, "folder": _folder}
     if dataset not in readers:
         raise DatasetError(f"unknown dataset layout {dataset!r}; choose one of {', '.join(readers)}")
     fs, base = filesystem(root, storage_options)
     if not fs.isdir(base):
         raise DatasetError(f"dataset root {root} does not exist or is not a folder")
-    index = readers[dataset](fs, base.rstrip("/"), set(splits) if splits else None)
+    if dataset == "moments":
+        index = _moments(fs, base.rstrip("/"), set(splits) if splits else None, check_files)
+    else:  # the listing is how their videos are found
+        index = readers[dataset](fs, base.rstrip("/"), set(splits) if splits else None)
     index.root = root
     if not is_local(fs):  # object-store paths need their scheme back
         index.items = [replace(it, path=fs.unstrip_protocol(it.path)) for it in index.items]
@@ -147,7 +155,7 @@ def _kinetics_rows(text: str, path: str) -> list[dict]:
     return rows
 
 
-def _moments(fs, root: str, splits: set[str] | None) -> DatasetIndex:
+def _moments(fs, root: str, splits: set[str] | None, check_files: bool = True) -> DatasetIndex:
     cat_path = f"{root}/moments_categories.txt"
     names: dict[int, str] = {}
     for line, row in enumerate(csv.reader(io.StringIO(_read_text(fs, cat_path, "category file"))), 1):
@@ -171,7 +179,7 @@ def _moments(fs, root: str, splits: set[str] | None) -> DatasetIndex:
         if not fs.exists(ann):
             continue
         # One listing of the split's folder (a request per 1,000 files on S3), not a request per video.
-        present = set(fs.find(f"{root}/{folder}")) if fs.isdir(f"{root}/{folder}") else set()
+        present = set(fs.find(f"{root}/{folder}")) if check_files and fs.isdir(f"{root}/{folder}") else set()
         for line, row in enumerate(csv.reader(io.StringIO(_read_text(fs, ann, "annotation file"))), 1):
             if not row:
                 continue
@@ -181,8 +189,9 @@ def _moments(fs, root: str, splits: set[str] | None) -> DatasetIndex:
             rel = row[0]
             path = f"{root}/{folder}/{rel}"
             index.items.append(VideoItem(f"{split}/{posixpath.splitext(rel)[0]}", path, row[1],
-                                         class_index[row[1]], split, exists=path in present))
+                                         class_index[row[1]], split, exists=path in present or not check_files))
     _check_splits(index, splits, ["train", "val"])
+    index.files_checked = check_files
     return index
 
 

@@ -319,17 +319,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[prepare] writing the synthetic '{spec.kind}' dataset to {args.root}", flush=True)
         generate(spec, args.root)
         dataset = "kinetics"
+    splits = [s for s in args.splits.split(",") if s] or None
     try:
-        index = read_dataset(dataset, args.root, splits=[s for s in args.splits.split(",") if s] or None,
-                             storage_options=opts)
+        # Which videos are present (a listing of every video) matters only when there is work to do.
+        index = read_dataset(dataset, args.root, splits=splits, storage_options=opts, check_files=False)
+        items = select(index, args.limit)
+        plan = make_plan(args, index, items)
+        state = check_existing(out, plan, args.overwrite, opts)
+        if state == "complete":
+            print(f"[prepare] {out} is complete for these inputs and settings; nothing to do")
+            return 0
+        if not index.files_checked:
+            index = read_dataset(dataset, args.root, splits=splits, storage_options=opts)
+            items = select(index, args.limit)
     except DatasetError as e:
         raise SystemExit(f"prepare: {e}") from None
-    items = select(index, args.limit)
-    plan = make_plan(args, index, items)
-    state = check_existing(out, plan, args.overwrite, opts)
-    if state == "complete":
-        print(f"[prepare] {out} is complete for these inputs and settings; nothing to do")
-        return 0
     shards = plan_shards(items, out, args, opts)
     written = written_shards(out, {s.split for s in shards}, opts)
     todo = [s for s in shards if s.url not in written]

@@ -6,7 +6,8 @@
 * ``s3_server`` - ``moto_server`` with a bucket; fake credentials are set for the whole session.
 * ``bench_script`` - loads a benchmark script of bench/ by name (``bench.<name>``).
 * ``figures`` - a list a test appends measured numbers to; they are shown after the run.
-* ``DocShell`` - runs the command blocks of README.md and docs/ as a user's shell does.
+* ``docs`` - the command blocks of README.md and docs/, and ``DocShell``, which runs them as a
+  user's shell does (tests/test_docs.py).
 
 Each is started only when a test asks for it. ``@pytest.mark.gpu`` tests are skipped where
 torch sees no CUDA device.

@@ -11,10 +11,11 @@ import io
 import boto3
 import pytest
 
+from pipeline import prepare
 from pipeline.datasets import DatasetIndex, read_dataset
 from pipeline.prepare import finalize, save_summaries, written_shards
 from pipeline.shards import ShardSpec
-from pipeline.storage import endpoint_options
+from pipeline.storage import endpoint_options, write_json
 
 SIZES = (40, 640)
 MISSING = 3  # annotated videos with no file
@@ -96,3 +97,24 @@ def test_planning_and_finalize_ask_per_listing_page_not_per_shard(s3_server, pro
     assert allowed_growth(planning), f"which shards are written: {planning} requests for {SIZES} shards"
     fresh, resumed = finalizing[0::2], finalizing[1::2]
     assert allowed_growth(fresh) and allowed_growth(resumed), f"finalize: {fresh}, resumed {resumed}, for {SIZES}"
+
+
+def test_prepare_on_a_complete_moments_store_lists_no_videos(s3_server, proxy, capsys):
+    """Nothing to do: the annotations alone tell that the store was prepared from these inputs."""
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url)
+    opts = endpoint_options(proxy.url)
+    counts = []
+    for n in SIZES:
+        root, out = f"s3://{s3_server.bucket}/done-{n}", f"s3://{s3_server.bucket}/done-{n}-store"
+        make_root(s3, s3_server.bucket, f"done-{n}", "moments", n)
+        argv = ["--dataset", "moments", "--root", root, "--out", out, "--splits", "train", "--s3-endpoint", proxy.url]
+        index = read_dataset("moments", root, splits=["train"], storage_options=opts)
+        write_json(prepare.make_plan(prepare.parse_args(argv), index, prepare.select(index, 0)), f"{out}/_plan.json",
+                   opts)
+        write_json({"splits": {}}, f"{out}/manifest.json", opts)
+        proxy.reset()
+        assert prepare.main(argv) == 0
+        assert not [path for kind, path in proxy.seen if kind == "LIST" and "/training" in path]
+        counts.append(sum(proxy.reset().values()))
+        assert "is complete for these inputs and settings; nothing to do" in capsys.readouterr().out
+    assert counts[0] == counts[1] < 15, f"prepare on a complete store: {counts} requests for {SIZES} videos"
