@@ -59,7 +59,7 @@ from pipeline.storage import (
 from pipeline.store import SCHEMA_VERSION, shard_directory, write_table
 
 DATASETS = ("kinetics", "moments", "folder", "synthetic")
-READ_THREADS = 64  # files read at once when a resumed run finalizes: S3 answers each in 10-30 ms
+READ_THREADS = 64  # files read at once when a resumed run finalizes
 SUMMARIES_PER_FILE = 1000  # shard summaries saved together (_summaries/): a resume reads them back per file
 
 
@@ -223,21 +223,23 @@ def save_summaries(out: str, summaries: dict[str, dict], opts: dict) -> None:
 def saved_summaries(out: str, opts: dict) -> dict[str, dict]:
     """The shard summaries earlier runs saved, by shard name: a listing and a read per thousand shards."""
     files = [f"{out}/_summaries/{n}" for n in listing(f"{out}/_summaries", opts) if n.endswith(".json")]
+    return {name: s for part in read_in_parallel(out, opts, read_json, files) for name, s in part["summaries"].items()}
+
+
+def read_in_parallel(out: str, opts: dict, read, things: list) -> list:
+    """``read(thing, options)`` of each of ``things`` in ``out``, READ_THREADS at a time (S3 answers each
+    in 10-30 ms), through a client with room for as many requests."""
     parallel = with_connections(out, opts, READ_THREADS)
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        return {name: s for part in pool.map(lambda f: read_json(f, parallel), files)
-                for name, s in part["summaries"].items()}
+        return list(pool.map(lambda thing: read(thing, parallel), things))
 
 
 def read_summary(spec: ShardSpec, classes: list[str], opts: dict) -> dict:
     """The summary of a shard written by an earlier run, read back: its quarantine part, footer and size."""
     with open_ranged(spec.url, opts) as f:
         rows = shard_directory(pq.ParquetFile(f))  # the footer alone
-    per_class: dict[str, int] = {}
-    for r in rows:
-        if r["phase"] == 0:  # one per video
-            per_class[classes[r["label"]]] = per_class.get(classes[r["label"]], 0) + 1
-    return dict(quarantine=read_table(spec.quarantine_url, opts).to_pylist(), per_class=per_class, rows=len(rows),
+    per_class = Counter(classes[r["label"]] for r in rows if r["phase"] == 0)  # phase 0: one row per video
+    return dict(quarantine=read_table(spec.quarantine_url, opts).to_pylist(), per_class=dict(per_class), rows=len(rows),
                 frames=sum(r["length"] for r in rows), bytes=size(spec.url, opts))
 
 
@@ -254,10 +256,8 @@ def finalize(out: str, shards: list[ShardSpec], items: list[VideoItem], index: D
     summaries = {**saved_summaries(out, opts), **summaries}
     names = {s.url: s.url[len(out) + 1:] for s in shards}
     earlier = [s for s in shards if names[s.url] not in summaries]
-    parallel = with_connections(out, opts, READ_THREADS)
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        read = pool.map(lambda s: read_summary(s, index.classes, parallel), earlier)
-        summaries.update({names[s.url]: summary for s, summary in zip(earlier, read, strict=True)})
+    read = read_in_parallel(out, opts, lambda s, o: read_summary(s, index.classes, o), earlier)
+    summaries.update({names[s.url]: summary for s, summary in zip(earlier, read, strict=True)})
     missing = [quarantine_row(asdict(it), "missing", "annotated, but no video file at this path")
                for it in items if not it.exists]
     quarantine = pa.Table.from_pylist([q for s in shards for q in summaries[names[s.url]]["quarantine"]] + missing,

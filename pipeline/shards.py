@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -90,13 +91,10 @@ def process_shard(spec: ShardSpec) -> dict:
     reasons: dict[str, int] = {}
     for q in quarantined:
         reasons[q["reason"]] = reasons.get(q["reason"], 0) + 1
-    per_class: dict[str, int] = {}
-    for r in rows:
-        if r["phase"] == 0:  # one per video
-            per_class[r["label_name"]] = per_class.get(r["label_name"], 0) + 1
+    per_class = Counter(r["label_name"] for r in rows if r["phase"] == 0)  # phase 0: one row per video
     # What the manifest needs of the shard, so that prepare's driver reads nothing back per shard.
     return dict(split=spec.split, index=spec.index, videos=len(spec.videos) - len(quarantined),
-                quarantined=reasons, quarantine=quarantined, per_class=per_class, frames=frames, rows=len(rows),
+                quarantined=reasons, quarantine=quarantined, per_class=dict(per_class), frames=frames, rows=len(rows),
                 bytes=size, seconds=time.monotonic() - start)
 
 
