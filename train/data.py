@@ -4,8 +4,9 @@ Training, as the paper and the authors' code sample: an epoch draws ``clips_per_
 authors' code: 1) from every training video, whatever its length, each at a uniformly random
 start (train/sampling.py). A clip lies in one phase row of the store, so drawing it reads one row
 (a Parquet row group of its own) and decodes only its frames. An epoch runs ``clips_per_video``
-rounds; each round is a Ray Data task per shard, in an order shuffled per round, that opens the
-shard's footer once, draws one clip for each of its videos and reads just the rows drawn. Shards
+rounds; each round takes every shard once, in an order shuffled per round, opening the shard's
+footer once, drawing one clip for each of its videos and reading just the rows drawn (a Ray Data
+task per shard; beyond MAX_BLOCKS shards, per run of consecutive shards). Shards
 hold videos shuffled at prepare time, so a batch holds distinct videos of random classes; the k
 clips of one video come from k rounds, 1/k of an epoch apart. Each worker also mixes clips in a
 local shuffle buffer. Short epochs run as one stream (``epochs_per_stream``): Ray Data starts once
@@ -48,6 +49,9 @@ from train.settings import DataConfig
 
 EVAL_COLUMNS = ["video_id", "label", "phase", "num_phases", "height", "width", "frames"]
 STREAM_TASKS = 2048  # most tasks in one training stream (epochs_per_stream)
+# Ray Data's start costs its driver about 1 ms and 90 KB a block (bench/train_scale.py): 16 s and 1.5 GB
+# before the first batch at 16,000 shards, one block each. Items share blocks beyond this many.
+MAX_BLOCKS = 1024
 
 
 def clip_rng(seed: int, epoch: int, video_id: str, round_: int, resumed_at: int = 0) -> np.random.Generator:
@@ -128,10 +132,11 @@ def _shard_clips(batch: dict[str, np.ndarray], cfg: DataConfig, storage_options:
 
 
 def task_dataset(items: list[dict]):  # -> ray.data.Dataset
-    """One row (and task) per item, in the given order."""
+    """One row per item, in the given order; a task per item, or per run of consecutive items where
+    there are more than MAX_BLOCKS (a task then takes its items one after another)."""
     import ray.data
 
-    return ray.data.from_items(items, override_num_blocks=len(items))
+    return ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
 
 
 def epoch_plan(store: Store, cfg: DataConfig, *, seed: int, epoch: int, resumed_at: int = 0) -> list[dict]:

@@ -110,11 +110,13 @@ def open_run(uri: str, cfg: TrainConfig, name: str, params: Mapping[str, object]
     return run.info.run_id, False
 
 
-def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int, *, background: bool = False):
+    """``background``: queued to MLflow's async logging thread; returns what to ``wait()`` on."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    return client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
+                                 synchronous=not background)
 
 
 def log_store(uri: str, run_id: str, manifest: Mapping, url: str, context: str) -> None:

@@ -1,19 +1,24 @@
 """Clip cutting from store rows: which stored frames a training or test clip holds, and how an
 epoch draws them (one clip per video per round, whatever the video's length)."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import simplejpeg
 
-from pipeline.store import phase_rows, rows_to_table, write_shard
+from pipeline.store import SCHEMA_VERSION, Store, phase_rows, rows_to_table, write_shard
+from train import data
 from train.data import (
     STREAM_TASKS,
     clip_rng,
     cut_clip,
     epoch_plan,
     epochs_per_stream,
+    eval_dataset,
     shard_clips,
     stream_plan,
+    train_dataset,
     video_clips,
 )
 from train.sampling import eval_clip_indices
@@ -42,13 +47,13 @@ def test_cut_clip_decodes_the_entries_it_is_given():
     assert np.array_equal(cut_clip(arrow, np.array([5, 6, 7, 8]), 32, 40, np.random.default_rng(0), CFG), clip)
 
 
-def write_videos(url, lengths, phases=4):
+def write_videos(url, lengths, phases=4, prefix="v"):
     """A shard of videos 'v0', 'v1', ... with ``lengths`` stored frames; frame j of video i has code 2j+1
     (frame codes below 250) and label i."""
     rows = []
     for i, n in enumerate(lengths):
-        rows += phase_rows(video_id=f"v{i}", label=i, label_name=f"c{i}", split="train", source="/x.mp4", fps=25.0,
-                           num_frames=n, height=32, width=40, indices=list(range(n)),
+        rows += phase_rows(video_id=f"{prefix}{i}", label=i, label_name=f"c{i}", split="train", source="/x.mp4",
+                           fps=25.0, num_frames=n, height=32, width=40, indices=list(range(n)),
                            jpegs=coded([2 * j % 250 + 1 for j in range(n)]), num_phases=phases)
     write_shard(rows_to_table(rows), url)
 
@@ -110,6 +115,32 @@ def test_short_epochs_share_one_stream_and_long_ones_do_not():
     for i, (e, r) in enumerate([(2, 7), (3, 0), (4, 0)]):
         own = epoch_plan(small, cfg, seed=4, epoch=e, resumed_at=r)
         assert [(t["url"], t["round"]) for t in plan[38 * i:38 * (i + 1)]] == [(t["url"], t["round"]) for t in own]
+
+
+def test_shards_sharing_a_task_give_the_same_clips_as_a_task_each(ray_cluster, tmp_path, monkeypatch):
+    """Beyond MAX_BLOCKS shards a task takes several (Ray Data's start costs ~1 ms a block): an epoch
+    still draws every video once, the same clips, and the test still sees every video once."""
+    names = [f"{split}/shard-{i:05d}.parquet" for split in ("train", "val") for i in range(5)]
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        write_videos(str(tmp_path / name), [20, 33, 48], prefix=name[:-8] + "/v")
+    splits = {s: {"shards": [n for n in names if n.startswith(s)], "videos": 15} for s in ("train", "val")}
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "classes": ["a", "b", "c"],
+                                                        "splits": splits, "params": {"num_phases": 4}}))
+    store, cfg = Store(str(tmp_path)), DataConfig(store=str(tmp_path), frames=4, train_short_side=(32, 32), crop=24,
+                                                  eval_short_side=32, test_clips=2)
+
+    def epoch():
+        rows = train_dataset(store, cfg, seed=1, epoch=2).take_all()
+        return {int(r["video"]): r["clip"] for r in rows}, len(rows)
+
+    one_each, n = epoch()
+    monkeypatch.setattr(data, "MAX_BLOCKS", 2)
+    shared, m = epoch()
+    assert n == m == len(one_each) == 15 and one_each.keys() == shared.keys()
+    assert all(np.array_equal(one_each[v], shared[v]) for v in one_each)
+    tested = [r["video_id"] for r in eval_dataset(store, "val", cfg, clips=2, protocol="center_crop").take_all()]
+    assert sorted(tested) == sorted(f"val/shard-{i:05d}/v{j}" for i in range(5) for j in range(3))
 
 
 def test_video_clips_follow_the_test_protocol():
