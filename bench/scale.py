@@ -1,24 +1,26 @@
-"""What prepare's driver does besides the decoding, as the dataset grows, at S3's latency.
+"""What prepare's driver does besides the decoding, as the dataset grows, at S3's latency and on a
+local disk.
 
     python bench/scale.py                                  # 1,000 to 16,000 videos, 20 ms a request
-    python bench/scale.py --sizes 1000,4000 --delay-ms 30 --layouts moments
+    python bench/scale.py --sizes 1000,4000 --delay-ms 30 --layouts moments --storage s3
 
-For each layout (Kinetics: 400 classes, Moments in Time: 339) and size N, a root of N training
-videos on S3 (moto, behind bench/s3proxy.py's delay, which every client pays): one small real
-H.264 file under N names, and annotation files of N rows. Its store already holds every shard (a
-small real shard under each name), as a run killed after its last shard leaves it: the shards'
-summaries saved but for the last thousand or fewer, which the resume reads back shard by shard. Then, in a
-process of its own (for its peak memory), prepare's own command runs twice on it, timed stage by
-stage with the requests each sent: the resumed run (index, plan, the check of which shards are
-written, the finalize that reads every shard back), then the run on the complete store (nothing to
-do). The decoding tasks are not run: bench/prepare.py and bench/RESULTS.md measure them. Each
-stage's time is fitted as a + b N and extrapolated to Kinetics-400 (240,000 videos) and Moments in
-Time (800,000).
+For each storage, layout (Kinetics: 400 classes, Moments in Time: 339) and size N, a root of N
+training videos, on S3 (moto, behind bench/s3proxy.py's delay, which every client pays) or in a
+local folder: one small real H.264 file under N names, and annotation files of N rows. Its store
+already holds every shard (a small real shard under each name), as a run killed after its last
+shard leaves it: the shards' summaries saved but for the last thousand or fewer, which the resume
+reads back shard by shard. Then, in a process of its own (for its peak memory), prepare's own
+command runs twice on it, timed stage by stage with the S3 requests each sent: the resumed run
+(index, plan, the check of which shards are written, the finalize that reads every shard back),
+then the run on the complete store (nothing to do). The decoding tasks are not run:
+bench/prepare.py and bench/RESULTS.md measure them. Each stage's time is fitted as a + b N and
+extrapolated to Kinetics-400 (240,000 videos) and Moments in Time (800,000).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -88,50 +90,63 @@ def small_files(tmp: Path) -> tuple[bytes, bytes, bytes, dict]:
     return video, (tmp / "shard.parquet").read_bytes(), (tmp / "quarantine.parquet").read_bytes(), summary
 
 
-def build(s3, layout: str, n: int, files: tuple[bytes, bytes, bytes, dict]) -> tuple[str, str]:
-    """(root, store) on S3 for ``n`` videos, the store holding every shard but no manifest."""
+def build(put, base: str, layout: str, n: int, files: tuple[bytes, bytes, bytes, dict]) -> tuple[str, str]:
+    """(root, store) under ``base`` for ``n`` videos, the store holding every shard but no manifest;
+    ``put(key, bytes)`` writes a file under ``base``."""
     video, shard, quarantine, summary = files
     root, out = f"{layout}-{n}/root", f"{layout}-{n}/store"
     annotations, names = annotation_files(layout, n)
     for key, text in annotations.items():
-        s3.put_object(Bucket=BUCKET, Key=f"{root}/{key}", Body=text.encode())
+        put(f"{root}/{key}", text.encode())
     for name in names:
-        s3.put_object(Bucket=BUCKET, Key=f"{root}/{name}", Body=video)
+        put(f"{root}/{name}", video)
     shards = -(-n // VIDEOS_PER_SHARD)
     for i in range(shards):
-        s3.put_object(Bucket=BUCKET, Key=f"{out}/train/shard-{i:05d}.parquet", Body=shard)
-        s3.put_object(Bucket=BUCKET, Key=f"{out}/_quarantine/train-{i:05d}.parquet", Body=quarantine)
+        put(f"{out}/train/shard-{i:05d}.parquet", shard)
+        put(f"{out}/_quarantine/train-{i:05d}.parquet", quarantine)
     # The summaries the run saved, a thousand shards at a time: those of its last shards it had not
     # saved yet when it was killed, so the resume reads them back from the shards themselves.
     for start in range(0, shards - prepare.SUMMARIES_PER_FILE + 1, prepare.SUMMARIES_PER_FILE):
         saved = {f"train/shard-{i:05d}.parquet": summary for i in range(start, start + prepare.SUMMARIES_PER_FILE)}
-        s3.put_object(Bucket=BUCKET, Key=f"{out}/_summaries/{start:08d}.json", Body=json.dumps({"summaries": saved}))
-    return f"s3://{BUCKET}/{root}", f"s3://{BUCKET}/{out}"
+        put(f"{out}/_summaries/{start:08d}.json", json.dumps({"summaries": saved}).encode())
+    return f"{base}/{root}", f"{base}/{out}"
 
 
-def one(layout: str, root: str, out: str, endpoint: str, delay_ms: float) -> dict:
-    """In this process: prepare resumed on the built store, then again on the complete store."""
-    with S3Proxy(endpoint, delay_ms / 1000) as proxy:
+def local_put(folder: Path):
+    def put(key: str, body: bytes) -> None:
+        (folder / key).parent.mkdir(parents=True, exist_ok=True)
+        (folder / key).write_bytes(body)
+    return put
+
+
+def one(layout: str, root: str, out: str, endpoint: str | None, delay_ms: float) -> dict:
+    """In this process: prepare resumed on the built store, then again on the complete store (on S3
+    through the delaying proxy in front of ``endpoint``; without one, local)."""
+    with S3Proxy(endpoint, delay_ms / 1000) if endpoint else contextlib.nullcontext() as proxy:
         timings: dict[str, list] = {}  # stage -> [(run, seconds, requests)] of every call
         run = "resumed"
 
+        def requests() -> int:
+            return sum(proxy.reset().values()) if proxy else 0
+
         def timed(stage: str, f):
             def call(*a, **k):
-                proxy.reset()
+                requests()
                 start = time.monotonic()
                 try:
                     return f(*a, **k)
                 finally:
-                    timings.setdefault(stage, []).append((run, time.monotonic() - start, sum(proxy.reset().values())))
+                    timings.setdefault(stage, []).append((run, time.monotonic() - start, requests()))
             return call
 
         for stage, name in STAGES.items():
             setattr(prepare, name, timed(stage, getattr(prepare, name)))
-        argv = ["--dataset", layout, "--root", root, "--out", out, "--splits", "train", "--s3-endpoint", proxy.url]
+        argv = ["--dataset", layout, "--root", root, "--out", out, "--splits", "train"]
+        argv += ["--s3-endpoint", proxy.url] if proxy else []
+        opts = endpoint_options(proxy.url if proxy else None)
         args = prepare.parse_args(argv)
-        index = prepare.read_dataset(layout, root, splits=["train"], storage_options=endpoint_options(proxy.url))
-        write_json(prepare.make_plan(args, index, prepare.select(index, 0)), f"{out}/_plan.json",
-                   endpoint_options(proxy.url))
+        index = prepare.read_dataset(layout, root, splits=["train"], storage_options=opts)
+        write_json(prepare.make_plan(args, index, prepare.select(index, 0)), f"{out}/_plan.json", opts)
         timings.clear()
         runs = {}
         for run in ("resumed", "complete"):
@@ -157,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1000,4000,16000", help="videos per root, comma-separated")
     p.add_argument("--layouts", default="kinetics,moments")
     p.add_argument("--delay-ms", type=float, default=20.0, help="added to every S3 request")
+    p.add_argument("--storage", default="s3,local", help="where the roots and stores are: s3, local or both")
     p.add_argument("--one", help=argparse.SUPPRESS)  # JSON: one measurement, in a process of its own
     args = p.parse_args(argv)
     if args.one:
@@ -171,35 +187,41 @@ def main(argv: list[str] | None = None) -> int:
             s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
                               aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
             files = small_files(Path(tmp))
-            for layout in args.layouts.split(","):
+            places = {"s3": (lambda key, body: s3.put_object(Bucket=BUCKET, Key=key, Body=body), f"s3://{BUCKET}",
+                             endpoint),
+                      "local": (local_put(Path(tmp) / "local"), str(Path(tmp) / "local"), None)}
+            for storage, layout in [(s, la) for s in args.storage.split(",") for la in args.layouts.split(",")]:
+                put, base, server = places[storage]
                 rows = []
                 for n in sizes:
-                    root, out = build(s3, layout, n, files)
-                    job = json.dumps(dict(layout=layout, root=root, out=out, endpoint=endpoint))
+                    root, out = build(put, base, layout, n, files)
+                    job = json.dumps(dict(layout=layout, root=root, out=out, endpoint=server))
                     done = subprocess.run([sys.executable, __file__, "--one", job, "--delay-ms", str(args.delay_ms)],
                                           capture_output=True, text=True, env=env)
                     if done.returncode:
-                        raise SystemExit(f"scale: {layout} at {n} failed:\n{done.stderr[-3000:]}")
+                        raise SystemExit(f"scale: {layout} at {n} on {storage} failed:\n{done.stderr[-3000:]}")
                     rows.append((n, json.loads(done.stdout.strip().splitlines()[-1])))
-                report(layout, rows, args.delay_ms)
+                report(layout, rows, args.delay_ms if server else None)
         finally:
             stop(moto)
     return 0
 
 
-def report(layout: str, rows: list[tuple[int, dict]], delay_ms: float) -> None:
-    """A markdown table: each stage's time (and requests) per size, its fit, and the fit at full size.
-    The finalize reads back only the shards whose summaries were not saved: at most a file's worth
-    whatever N, so its row gives that bound instead of a fit."""
+def report(layout: str, rows: list[tuple[int, dict]], delay_ms: float | None) -> None:
+    """A markdown table: each stage's time (and S3 requests) per size, its fit, and the fit at full
+    size; ``delay_ms`` None: a local disk. The finalize reads back only the shards whose summaries
+    were not saved: at most a file's worth whatever N, so its row gives that bound instead of a fit."""
     ns = [n for n, _ in rows]
     per_file = prepare.SUMMARIES_PER_FILE
     read_back = [-(-n // VIDEOS_PER_SHARD) % per_file for n in ns]
-    print(f"\n{layout}: prepare's driver at {delay_ms:g} ms a request (resumed run: every shard written, "
+    where = "on a local disk" if delay_ms is None else f"at {delay_ms:g} ms a request"
+    print(f"\n{layout}: prepare's driver {where} (resumed run: every shard written, "
           f"{VIDEOS_PER_SHARD} videos a shard, the summaries of the last {'/'.join(map(str, read_back))} unsaved)")
     print("| stage | " + " | ".join(f"N={n:,}" for n in ns) + " | fit | " + " | ".join(FULL) + " |")
     print("|---" * (len(ns) + 2 + len(FULL)) + "|")
+    req = "" if delay_ms is None else ", {} req"
     lines = {stage: ([r["timings"][stage][0] for _, r in rows],
-                     [f"{r['timings'][stage][0]:.2f} s, {r['timings'][stage][1]} req" for _, r in rows])
+                     [f"{r['timings'][stage][0]:.2f} s" + req.format(r["timings"][stage][1]) for _, r in rows])
              for stage in STAGES}
     ys = [r["runs"]["complete"] for _, r in rows]
     lines["the complete run, whole"] = ys, [f"{y:.2f} s" for y in ys]

@@ -220,6 +220,29 @@ def in_terminal():
     return run_in_terminal
 
 
+# A short run of the demo's model (configs/tiny_synthetic.yaml): one epoch of 4-frame clips, no model
+# or system metrics logged. The ``runs`` fixture's ``tiny``, and what SCALE adds to the docs' runs.
+TINY_RUN = ("data.frames=4", "data.test_clips=2", "data.clips_per_video=2", "trainer.epochs=1",
+            "optim.warmup_epochs=0.5", "trainer.val_every=1", "tracking.log_model=false", "tracking.system_metrics_s=0")
+
+
+def run_named(uri: str, experiment: str, name: str):  # -> mlflow.entities.Run
+    """The one run of ``experiment`` named ``name`` (as the console prints it)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    (found,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`cost.run_name` = '{name}'")
+    return found
+
+
+@pytest.fixture(scope="session")
+def runs() -> SimpleNamespace:
+    """What tests of training runs share: ``tiny``, the overrides of a short run of the demo's model,
+    and ``named(uri, experiment, name)``, the run of that name."""
+    return SimpleNamespace(tiny=list(TINY_RUN), named=run_named)
+
+
 # The docs' commands (tests/test_docs.py, tests/cluster/test_local_cluster.py). A command block is a
 # ```sh fence; each of its lines (continuations joined) is one command.
 DOCS = ("README.md", "docs/data.md", "docs/training.md", "docs/results.md", "docs/models.md", "docs/protocol.md",
@@ -230,9 +253,7 @@ FENCE = re.compile(r"^([ \t]*)```(\w*)\n(.*?)^\1```[ \t]*$", re.M | re.S)
 # checkpoint is the newest one written; a server passes once its page answers, and is stopped.
 SCALE = [(r"--videos-per-class \d+", "--videos-per-class 4"), (r"--seeds \d+", "--seeds 1"),
          (r"--archs c2d,c3d,cost_a,cost_b", "--archs cost_b"),
-         (r"^(.*(?:train/main\.py --config|results/compare\.py).*)$",
-          r"\1 data.frames=4 data.test_clips=2 data.clips_per_video=2 trainer.epochs=1 optim.warmup_epochs=0.5 "
-          r"trainer.val_every=1 tracking.log_model=false tracking.system_metrics_s=0"),
+         (r"^(.*(?:train/main\.py --config|results/compare\.py).*)$", r"\1 " + " ".join(TINY_RUN)),
          (r"\bCHECKPOINT\b", '"$(ls -td "$COST_HOME"/runs/*/checkpoint_*/ | head -1)"'),
          (r"^(mlflow ui .*--port (\d+).*)$", r"serves http://127.0.0.1:\2 \1")]
 SERVES = """serves() {  # serves URL COMMAND...: COMMAND's page answers at URL within 2 minutes; then stopped

@@ -83,13 +83,6 @@ def train_args(cluster: dict, store: str, name: str, *extra: str) -> list[str]:
             "data.clips_per_video=8", "model.pretrained=none", *extra]  # Kinetics layout: from scratch on purpose
 
 
-def find_run(uri: str, name: str):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("cluster")
-    (found,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`cost.run_name` = '{name}'")
-    return found
-
-
 def test_node_local_paths_are_refused_on_a_multi_node_cluster(cluster, store):  # train, then prepare
     done = run(cluster, *train_args(cluster, store, "local-path", f"trainer.storage_path={cluster['root'] / 'runs'}"),
                timeout=120)
@@ -119,7 +112,7 @@ def registered_checkpoint(fs: s3fs.S3FileSystem, run_dir: str) -> bool:
     return any(json.loads(fs.cat(p))["latest_checkpoint_result"] for p in snapshots)
 
 
-def test_a_comparison_job_spread_over_both_nodes_survives_losing_one(cluster, store):
+def test_a_comparison_job_spread_over_both_nodes_survives_losing_one(cluster, store, runs):
     """One job, submitted as users do (`ray job submit`, token auth): results/compare.py, whose member
     trains on the cluster, then the report. The member's first worker group spans the two nodes;
     the worker node is then killed after the first checkpoint, and the member finishes from that
@@ -155,7 +148,7 @@ def test_a_comparison_job_spread_over_both_nodes_survives_losing_one(cluster, st
         ["head", "worker_node_1"]
     assert re.search(r"resumed from checkpoint at epoch \d+, step [1-9]", text), text[-5000:]
     uri = cluster["mlflow"]
-    found = find_run(uri, name)
+    found = runs.named(uri, "cluster", name)
     assert found.info.status == "FINISHED" and found.data.metrics["epoch"] == 2
     assert {cluster["nodes"].get(n) for n in found.data.tags["worker_nodes"].split(",")} == {"head"}  # restarted
     assert {"loss", "clips_per_s", "val_top1", "test_top1"} <= set(found.data.metrics)

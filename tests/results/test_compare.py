@@ -16,9 +16,6 @@ import results.compare
 from results.compare import main
 
 ROOT = Path(__file__).resolve().parents[2]
-# The demo's model, one short epoch of 4-frame clips.
-TINY = ["data.frames=4", "data.stride=8", "data.test_clips=2", "data.clips_per_video=2", "trainer.epochs=1",
-        "optim.warmup_epochs=0.5", "trainer.val_every=1", "tracking.log_model=false", "tracking.system_metrics_s=0"]
 
 
 @pytest.fixture
@@ -26,10 +23,14 @@ def store(appearance_store) -> str:
     return appearance_store
 
 
-def args(store: str, mlflow_server: str, tmp_path: Path, *extra: str) -> list[str]:
-    return ["--config", str(ROOT / "configs" / "tiny_synthetic.yaml"), "--archs", "c2d,c3d", "--name", "cmp",
-            f"data.store={store}", f"tracking.uri={mlflow_server}", "tracking.experiment=compare",
-            f"trainer.storage_path={tmp_path / 'runs'}", *TINY, *extra]
+@pytest.fixture
+def args(store: str, mlflow_server: str, tmp_path: Path, runs):
+    """The comparison's arguments: C2D and C3D, each a short run of the demo's model (``runs.tiny``)."""
+    def make(*extra: str) -> list[str]:
+        return ["--config", str(ROOT / "configs" / "tiny_synthetic.yaml"), "--archs", "c2d,c3d", "--name", "cmp",
+                f"data.store={store}", f"tracking.uri={mlflow_server}", "tracking.experiment=compare",
+                f"trainer.storage_path={tmp_path / 'runs'}", "data.stride=8", *runs.tiny, *extra]
+    return make
 
 
 def members(uri: str) -> dict[str, object]:
@@ -38,8 +39,8 @@ def members(uri: str) -> dict[str, object]:
     return {r.data.tags["cost.run_name"]: r for r in client.search_runs([exp], "tags.mode = 'train'")}
 
 
-def test_the_comparison_trains_each_member_once_and_reports(store, mlflow_server, tmp_path, capsys):
-    assert main(args(store, mlflow_server, tmp_path)) == 0
+def test_the_comparison_trains_each_member_once_and_reports(args, mlflow_server, tmp_path, capsys):
+    assert main(args()) == 0
     runs = members(mlflow_server)
     assert sorted(runs) == ["cmp-c2d-s0", "cmp-c3d-s0"]
     assert {r.data.tags["arch"] for r in runs.values()} == {"c2d", "c3d"}
@@ -56,7 +57,7 @@ def test_the_comparison_trains_each_member_once_and_reports(store, mlflow_server
     # A member that did not finish is trained again by the same command; the finished one is not.
     client = MlflowClient(mlflow_server)
     client.set_terminated(runs["cmp-c3d-s0"].info.run_id, status="FAILED")
-    assert main(args(store, mlflow_server, tmp_path)) == 0
+    assert main(args()) == 0
     again = members(mlflow_server)
     assert sorted(again) == ["cmp-c2d-s0", "cmp-c3d-s0"]  # resumed under its name, not a new run
     assert again["cmp-c2d-s0"].info.end_time == runs["cmp-c2d-s0"].info.end_time
@@ -68,12 +69,12 @@ def test_the_comparison_trains_each_member_once_and_reports(store, mlflow_server
     assert "report.html" in {f.path for f in client.list_artifacts(report.info.run_id)}
 
 
-def test_a_bad_member_fails_before_ray_starts(store, mlflow_server, tmp_path, monkeypatch, capsys):
+def test_a_bad_member_fails_before_ray_starts(args, mlflow_server, tmp_path, monkeypatch, capsys):
     def no_ray(*a, **k):
         raise AssertionError("Ray was started for a bad config")
 
     monkeypatch.setattr(results.compare, "ray_session", no_ray)
-    assert main(args(store, mlflow_server, tmp_path, "trainer.epochs=0")) == 2
+    assert main(args("trainer.epochs=0")) == 2
     assert "'trainer.epochs'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--config", str(ROOT / "configs" / "tiny_synthetic.yaml"), "--archs", "c2d,resnet"])
@@ -125,8 +126,9 @@ def shown(browser, url: str, *texts: str, frame: bool = False, shot: Path) -> st
     return body
 
 
-def test_the_mlflow_ui_shows_the_training_runs_their_dataset_and_the_table(store, mlflow_server, tmp_path, capsys):
-    assert main(args(store, mlflow_server, tmp_path)) == 0  # trains only what an earlier test did not
+def test_the_mlflow_ui_shows_the_training_runs_their_dataset_and_the_table(args, store, mlflow_server, tmp_path,
+                                                                             capsys):
+    assert main(args()) == 0  # trains only what an earlier test did not
     printed = capsys.readouterr().out
     runs = members(mlflow_server)
     client = MlflowClient(mlflow_server)

@@ -39,13 +39,6 @@ def args(store: str, mlflow_server: str, tmp_path: Path, *extra: str) -> list[st
             f"trainer.storage_path={tmp_path / 'runs'}", *SMALL, *extra]
 
 
-def find_run(uri: str, name: str):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("tests")
-    (run,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`cost.run_name` = '{name}'")
-    return run
-
-
 def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
 
@@ -57,7 +50,7 @@ GPU_SETTINGS = ["trainer.precision=bf16", "trainer.channels_last=true", "trainer
 
 
 def test_ddp_training_learns_is_tracked_and_recovers_a_killed_worker(store, mlflow_server, tmp_path, capsys,
-                                                                    monkeypatch):
+                                                                    monkeypatch, runs):
     assert clips_per_epoch(Store(store), "train", 8) == STEPS_PER_EPOCH * 2 * 16
     monkeypatch.setenv("COST_TRAIN_FAULT", "kill:1:22")  # SIGKILL rank 1 at step 22, after the checkpoint at 18
     assert main(args(store, mlflow_server, tmp_path, "name=learn", "trainer.epochs=4", "trainer.log_every=4",
@@ -65,7 +58,7 @@ def test_ddp_training_learns_is_tracked_and_recovers_a_killed_worker(store, mlfl
     # Before it starts, the run says what it will do in the paper's units: clips and iterations.
     assert "48 videos x 8 clip(s) = 384 clips per epoch; 4 epochs = 1,536 clips in 48 iterations of 32 clips " \
            "(2 workers x 16); lr drops at iterations 24, 36" in capsys.readouterr().out
-    run = find_run(mlflow_server, "learn")
+    run = runs.named(mlflow_server, "tests", "learn")
     rid = run.info.run_id
     assert run.info.status == "FINISHED"
     assert run.data.params["model.arch"] == "cost_b" and run.data.params["trainer.num_workers"] == "2"
@@ -123,19 +116,19 @@ def test_ddp_training_learns_is_tracked_and_recovers_a_killed_worker(store, mlfl
 
 
 def test_a_stopped_run_resumes_at_the_next_epoch_with_its_bar_and_not_rays_info_lines(
-        store, mlflow_server, tmp_path, monkeypatch, in_terminal):
+        store, mlflow_server, tmp_path, monkeypatch, in_terminal, runs):
     """Stopped after an epoch, then resumed by the same command as a user runs it in a terminal."""
     monkeypatch.chdir(Path(store).parent)  # a store path relative to where the command runs
     common = args(Path(store).name, mlflow_server, tmp_path, "name=resume", "trainer.epochs=2",
                   "trainer.log_every=4", "tracking.log_model=false")
     assert main(common + ["--stop-at-epoch", "1"]) == 0
-    run = find_run(mlflow_server, "resume")
+    run = runs.named(mlflow_server, "tests", "resume")
     assert run.info.status == "KILLED"
     assert history(mlflow_server, run.info.run_id, "epoch") == [(STEPS_PER_EPOCH, 1)]
 
     code, out = in_terminal([sys.executable, str(ROOT / "train" / "main.py"), *common], timeout=900)
     assert code == 0, out[-3000:]
-    run = find_run(mlflow_server, "resume")
+    run = runs.named(mlflow_server, "tests", "resume")
     assert run.info.status == "FINISHED"
     assert history(mlflow_server, run.info.run_id, "epoch") == [(STEPS_PER_EPOCH, 1), (2 * STEPS_PER_EPOCH, 2)]
     steps = [s for s, _ in history(mlflow_server, run.info.run_id, "loss")]
@@ -196,13 +189,13 @@ def test_a_config_without_its_data_section_fails_before_ray_starts(tmp_path, mon
     assert "'data'" in capsys.readouterr().err
 
 
-def test_a_crashing_run_is_marked_failed(store, mlflow_server, tmp_path):
+def test_a_crashing_run_is_marked_failed(store, mlflow_server, tmp_path, runs):
     bad = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(3, 3, 7, 7)}, bad)  # a 2D state dict of the wrong shape
     with pytest.raises(Exception, match="conv1.weight"):
         main(args(store, mlflow_server, tmp_path, "name=crash", f"model.pretrained={bad}",
                   "model.conv1_zero_mean=false", "trainer.max_failures=0"))
-    assert find_run(mlflow_server, "crash").info.status == "FAILED"
+    assert runs.named(mlflow_server, "tests", "crash").info.status == "FAILED"
 
 
 def test_a_kinetics_store_without_weights_is_refused_before_ray_starts(store, mlflow_server, tmp_path, monkeypatch,
