@@ -1,11 +1,11 @@
-# make install | test | demo | mlflow-ui | lint  -  each sets up what it needs on a fresh machine.
+# make install | test | test-fast | demo | mlflow-ui | lint  -  each sets up what it needs on a fresh machine.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-output
 
-.PHONY: install system-packages test demo mlflow-ui lint clean
+.PHONY: install system-packages test test-fast demo mlflow-ui lint clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ system-packages:
 
 test: install system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The tier to run on every change (under 3 minutes on 2 cores): all but the tests marked slow - whole
+# training runs, the multi-node cluster, the motion fits, the docs' commands. It needs no system package.
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

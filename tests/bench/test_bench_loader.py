@@ -1,6 +1,9 @@
 """bench/loader.py runs end to end at tiny sizes and prints each size's rates, ratio and task memory."""
 
+import pytest
 
+
+@pytest.mark.slow
 def test_loader_benchmark_prints_its_table(ray_cluster, tmp_path, capsys, bench_script):
     bench = bench_script("loader")
     assert bench.main(["--sizes", "80x48,64x112", "--videos", "2", "--videos-per-shard", "1", "--short-side", "40",

@@ -1,7 +1,10 @@
 """bench/train_scale.py at tiny sizes: a training epoch's start on 2 workers, timed to each rank's first
 batch with each process's peak memory, and rank 0's MLflow logging over 1,000 iterations, answered and queued."""
 
+import pytest
 
+
+@pytest.mark.slow
 def test_train_scale_benchmark_prints_its_tables(capsys, bench_script, mlflow_server):
     bench = bench_script("train_scale")
     assert bench.main(["--shards", "24,48", "--kinds", "train,mlflow", "--tracking-uri", mlflow_server]) == 0

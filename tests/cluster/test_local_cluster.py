@@ -28,6 +28,8 @@ from cluster import local
 from train import tracking
 from train.checkpoints import load_state
 
+pytestmark = pytest.mark.slow  # the multi-node cluster: make test, not make test-fast
+
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "secret-" + secrets.token_hex(8)  # the cluster's AWS secret key: must never reach MLflow or logs
 

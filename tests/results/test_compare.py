@@ -39,6 +39,7 @@ def members(uri: str) -> dict[str, object]:
     return {r.data.tags["cost.run_name"]: r for r in client.search_runs([exp], "tags.mode = 'train'")}
 
 
+@pytest.mark.slow
 def test_the_comparison_trains_each_member_once_and_reports(args, mlflow_server, tmp_path, capsys):
     assert main(args()) == 0
     runs = members(mlflow_server)
@@ -126,6 +127,7 @@ def shown(browser, url: str, *texts: str, frame: bool = False, shot: Path) -> st
     return body
 
 
+@pytest.mark.slow
 def test_the_mlflow_ui_shows_the_training_runs_their_dataset_and_the_table(args, store, mlflow_server, tmp_path,
                                                                              capsys):
     assert main(args()) == 0  # trains only what an earlier test did not

@@ -49,6 +49,7 @@ GPU_SETTINGS = ["trainer.precision=bf16", "trainer.channels_last=true", "trainer
                 "trainer.bucket_mb=0.5"]
 
 
+@pytest.mark.slow
 def test_ddp_training_learns_is_tracked_and_recovers_a_killed_worker(store, mlflow_server, tmp_path, capsys,
                                                                     monkeypatch, runs):
     assert clips_per_epoch(Store(store), "train", 8) == STEPS_PER_EPOCH * 2 * 16
@@ -115,6 +116,7 @@ def test_ddp_training_learns_is_tracked_and_recovers_a_killed_worker(store, mlfl
     assert ev.data.metrics["test_loss"] == pytest.approx(run.data.metrics["test_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_stopped_run_resumes_at_the_next_epoch_with_its_bar_and_not_rays_info_lines(
         store, mlflow_server, tmp_path, monkeypatch, in_terminal, runs):
     """Stopped after an epoch, then resumed by the same command as a user runs it in a terminal."""

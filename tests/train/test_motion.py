@@ -24,6 +24,8 @@ from results.predict import main as predict
 from train.checkpoints import save_state
 from train.config import to_dict
 
+pytestmark = pytest.mark.slow  # the motion fits: make test, not make test-fast
+
 ARCHS = ["c2d", "c3d", "cost_a", "cost_b"]
 TEMPORAL = ARCHS[1:]
 
