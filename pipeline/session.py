@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +25,10 @@ QUIET = {"ray._private.authentication": logging.ERROR, "ray.data._internal.progr
 
 
 def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = False, quiet: bool = False) -> bool:
-    """Join the named or running cluster, else start a local one; True if started here. ``quiet``:
-    Ray's own info lines (connecting, the dashboard's address) stay out of the console."""
+    """Join the named cluster (``address``, else RAY_ADDRESS) or the one ``ray start`` started on this
+    machine, else start a local one; True if started here. A cluster that does not answer is an
+    error naming its address, within a minute, never a hang. ``quiet``: Ray's own info lines
+    (connecting, the dashboard's address) stay out of the console."""
     import ray
 
     if ray.is_initialized():
@@ -32,16 +37,41 @@ def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = Fal
         for name, level in QUIET.items():
             logging.getLogger(name).setLevel(level)
     options = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING if quiet else logging.INFO)
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **options)
-        return False
-    try:
-        ray.init(address="auto", **options)
-        return False
-    except ConnectionError:
+    found = "given" if address or os.environ.get("RAY_ADDRESS") else "found on this machine"
+    address = address or os.environ.get("RAY_ADDRESS") or running_cluster()
+    if not address:
         ray.init(num_cpus=num_cpus or None, **options)
         return True
+    # Ray retries a cluster that does not answer forever, printing a line every 30 s.
+    what = (f"the Ray cluster at {address} ({found}) does not answer{{}}: choose another with --address or "
+            "RAY_ADDRESS, or stop what is left of it with `ray stop`")
+    if "://" not in address:  # host:port of a GCS (ray:// is Ray Client's own protocol)
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_S).close()
+        except (OSError, ValueError) as e:
+            raise SystemExit(what.format(f" ({e})")) from None
+    timer = threading.Timer(ANSWER_S, lambda: (print(what.format(f" within {ANSWER_S:.0f} s"), file=sys.stderr,
+                                                     flush=True), os._exit(1)))
+    timer.daemon = True
+    timer.start()
+    try:
+        ray.init(address=address, **options)
+    finally:
+        timer.cancel()
+    return False
+
+
+CONNECT_S, ANSWER_S = 10.0, 60.0  # a cluster's port must take a connection, then Ray must connect, within these
+
+
+def running_cluster() -> str | None:
+    """The address of the Ray cluster last started on this machine by ``ray start`` (the address file
+    it leaves, which ``ray stop`` removes); None where there is none. Not any Ray instance found
+    running: another program's own local Ray is not a cluster to join."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    return canonicalize_bootstrap_address(None)
 
 
 @contextmanager

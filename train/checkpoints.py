@@ -49,15 +49,49 @@ def load_state(source, storage_options: dict | None = None) -> dict:
         raise CheckpointError(f"{url}: no {STATE_FILE} there; give a checkpoint directory of a training run "
                               f"or its {STATE_FILE}")
     with fs.open(path, "rb") as f:
-        data = f.read()
+        return state_from_bytes(f.read(), url)
+
+
+def state_from_bytes(data: bytes, where: str) -> dict:
+    """A training state from a state.pt's bytes. Tensors and plain Python values only (``weights_only``):
+    a checkpoint folder others can write (a shared bucket) must not run code in every worker."""
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged file
-        raise CheckpointError(f"{url}: cannot read {STATE_FILE}: {e}") from e
+        raise CheckpointError(f"{where}: cannot read {STATE_FILE}: {str(e).splitlines()[0]}") from e
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise CheckpointError(f"{url}: {STATE_FILE} is not a training state of this project")
+        raise CheckpointError(f"{where}: {STATE_FILE} is not a training state of this project")
     upgrade_config(state["config"])
     return state
+
+
+def read_state(fs, path: str) -> dict:
+    """The state of the checkpoint folder ``path`` on the pyarrow filesystem ``fs`` (Ray Train's)."""
+    with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
+        return state_from_bytes(f.read(), path)
+
+
+def newest_loadable(fs, latest: str, say) -> tuple[dict, str]:
+    """(state, path) of the newest checkpoint of a run that loads: ``latest`` (Ray Train's latest,
+    a path on the pyarrow filesystem ``fs``), else the run folder's older ``checkpoint_*`` folders,
+    newest first (Ray names them by time). A damaged one - a node lost while writing it - is named
+    by ``say`` in one line and its state moved aside to state.pt.damaged, not deleted."""
+    import pyarrow.fs as pafs
+
+    parent, name = latest.rstrip("/").rsplit("/", 1)
+    older = sorted((i.base_name for i in fs.get_file_info(pafs.FileSelector(parent))
+                    if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+                    and i.base_name < name), reverse=True)
+    for path in [f"{parent}/{name}", *(f"{parent}/{n}" for n in older)]:
+        file = f"{path}/{STATE_FILE}"
+        try:
+            return read_state(fs, path), path
+        except (OSError, CheckpointError) as e:
+            if fs.get_file_info(file).type == pafs.FileType.File:
+                fs.move(file, f"{file}.damaged")
+            say(f"checkpoint {path} does not load ({str(e).splitlines()[0]}); its {STATE_FILE} is kept "
+                f"as {STATE_FILE}.damaged, and the run goes on from the one before")
+    raise CheckpointError(f"no checkpoint of the run in {parent} loads; start the run again under another name")
 
 
 def upgrade_config(config: dict) -> None:

@@ -34,7 +34,7 @@ from torch import nn
 
 from pipeline.store import Store
 from train import tracking
-from train.checkpoints import load_state, make_model, read_weights, save_state
+from train.checkpoints import load_state, make_model, newest_loadable, read_state, read_weights, save_state
 from train.config import from_dict
 from train.core import Step, TrainState, compress_gradients, optimizer
 from train.data import epochs_per_stream, split_iterator, train_dataset
@@ -121,6 +121,21 @@ class Worker:
         if self.rank == 0:  # not print(): Ray Train's patched print would show the line twice
             sys.stdout.write(f"[train] {text}\n")
             sys.stdout.flush()
+
+    def resume_state(self) -> dict | None:
+        """The state of the run's newest checkpoint that loads (none on a new run): rank 0 finds it,
+        moving damaged ones aside (``newest_loadable``), and every rank loads that one."""
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        fs = checkpoint.filesystem
+        state, path = newest_loadable(fs, checkpoint.path, self.say) if self.rank == 0 else (None, None)
+        if self.world > 1:
+            box = [path]
+            dist.broadcast_object_list(box, src=0)
+            if self.rank:
+                state = read_state(fs, box[0])
+        return state
 
     def report(self, ts: TrainState, checkpoint: bool, extra: dict | None = None) -> None:
         """``ray.train.report`` from every rank; with ``checkpoint``, rank 0 attaches the training state."""
@@ -232,8 +247,7 @@ def train_loop(config: dict) -> None:
     w = Worker(ctx)
     w.tag_placement()
     t = w.cfg.trainer
-    checkpoint = ray.train.get_checkpoint()
-    saved = load_state(checkpoint) if checkpoint else None
+    saved = w.resume_state()
     ts = build(w, saved)
     torch.manual_seed(hash((t.seed, w.rank, ts.step)) % 2**31)
     if saved:

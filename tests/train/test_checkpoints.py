@@ -1,11 +1,14 @@
 """Weights files and training states read from a local path or the S3 test server."""
 
+import io
+
 import fsspec
+import pyarrow.fs as pafs
 import pytest
 import torch
 
 from pipeline.storage import endpoint_options
-from train.checkpoints import CheckpointError, load_state, read_weights, save_state
+from train.checkpoints import CheckpointError, load_state, newest_loadable, read_state, read_weights, save_state
 from train.models import build_model, load_2d_pretrained
 
 
@@ -60,3 +63,56 @@ def test_checkpoints_from_before_the_renamed_keys_still_load(tmp_path):
     assert state["config"]["data"]["test_protocol"] == "three_crop"
     rebuilt = model_from_state(state)
     assert isinstance(rebuilt.pool2, torch.nn.MaxPool3d) and rebuilt.pool2.kernel_size == (3, 1, 1)
+
+
+def write_checkpoints(fs, run: str, steps: list[int]) -> list[str]:
+    """A run folder's checkpoints (Ray Train names them by time), each a state at its step."""
+    paths = []
+    for i, step in enumerate(steps):
+        path = f"{run}/checkpoint_2026-12-05_10-00-{i:02d}.000000"
+        fs.create_dir(path)
+        buffer = io.BytesIO()
+        torch.save(dict(model={}, config={}, classes=["a"], step=step), buffer)
+        with fs.open_output_stream(f"{path}/state.pt") as f:
+            f.write(buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_resume_skips_a_damaged_checkpoint_and_keeps_it(where, s3_server, tmp_path):
+    """A node lost while writing leaves a truncated state.pt: the run goes on from the one before, says
+    so in one line, and keeps the damaged file. Ray Train's filesystem is pyarrow's."""
+    if where == "s3":
+        fs = pafs.S3FileSystem(endpoint_override=s3_server.endpoint_url, scheme="http")
+        run = f"{s3_server.bucket}/runs/damaged"
+    else:
+        fs, run = pafs.LocalFileSystem(), str(tmp_path / "damaged")
+    first, second, latest = write_checkpoints(fs, run, [10, 20, 30])
+    with fs.open_input_stream(f"{latest}/state.pt") as f:
+        whole = f.read()
+    with fs.open_output_stream(f"{latest}/state.pt") as f:
+        f.write(whole[: len(whole) // 2])
+    said = []
+    state, path = newest_loadable(fs, latest, said.append)
+    assert (state["step"], path) == (20, second) and len(said) == 1
+    assert latest in said[0] and "state.pt.damaged" in said[0] and "\n" not in said[0]
+    assert fs.get_file_info(f"{latest}/state.pt.damaged").size == len(whole) // 2  # kept, not deleted
+    # Ray's latest may be the moved-aside one again after a restart: the same one is found.
+    assert newest_loadable(fs, latest, said.append)[1] == second and read_state(fs, second)["step"] == 20
+    for path in (first, second):
+        fs.move(f"{path}/state.pt", f"{path}/state.pt.damaged")
+    with pytest.raises(CheckpointError, match="no checkpoint of the run .* loads; start the run again"):
+        newest_loadable(fs, latest, said.append)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_a_state_that_would_run_code_is_refused(tmp_path, capsys):
+    save_state(tmp_path, dict(model={}, config={}, classes=["a"], extra=Payload()))
+    with pytest.raises(CheckpointError, match="cannot read state.pt"):
+        load_state(str(tmp_path))
+    assert "code ran" not in capsys.readouterr().out
