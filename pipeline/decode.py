@@ -21,8 +21,10 @@ environment, the child process really segfaults (or sleeps) on paths containing 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +61,8 @@ def _open(path: str, **size: int) -> Any:
     import decord
 
     try:
-        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **size)
+        with _quiet_stderr():
+            return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **size)
     except Exception as e:  # decord raises RuntimeError or its own DECORDError
         text = _first_line(e)
         if "cannot find video stream" in text:
@@ -68,6 +71,21 @@ def _open(path: str, **size: int) -> Any:
             raise DecodeError("truncated",
                               f"a video container whose index or frame data is cut ({text})") from e
         raise DecodeError("not_video", f"decord cannot open it ({text})") from e
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """The process's stderr (fd 2) off for the block: decord and FFmpeg print their own lines there
+    from C++ when a file does not open, before the error that the raised DecodeError already says."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _looks_like_container(path: str) -> bool:

@@ -59,6 +59,14 @@ def test_each_broken_file_gets_its_reason(broken):
         assert len(dec.encode_video(good[0]).jpegs) == 16  # the same child still works
 
 
+def test_a_file_that_is_not_a_video_gets_our_error_alone(broken, capfd):
+    """decord's and FFmpeg's own C++ lines (``video_reader.cc:83: ERROR opening``) stay off the console."""
+    _, bad = broken
+    with pytest.raises(DecodeError, match="decord cannot open it"):
+        encode_video(bad["not_video"])
+    assert capfd.readouterr().err == ""
+
+
 def test_a_crashing_or_hanging_decoder_costs_one_video(broken, monkeypatch):
     good, _ = broken
     monkeypatch.setenv("COST_DECODE_FAULT", f"segv:{good[0][-12:]}")
