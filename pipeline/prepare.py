@@ -53,6 +53,7 @@ from pipeline.storage import (
     read_json,
     read_table,
     size,
+    storage_failures,
     with_connections,
     write_json,
 )
@@ -301,6 +302,11 @@ def check_existing(out: str, plan: dict, overwrite: bool, opts: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    with storage_failures("prepare", args.verbose):
+        return prepare(args)
+
+
+def prepare(args: argparse.Namespace) -> int:
     started = time.monotonic()
     opts = endpoint_options(args.s3_endpoint)
     out = args.out.rstrip("/")

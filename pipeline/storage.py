@@ -12,10 +12,12 @@ The options are fsspec's (s3fs's for s3://); an endpoint is the only one the pro
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
 import fsspec
@@ -145,3 +147,45 @@ def atomic_write(url: str, write: Callable[[IO[bytes]], None], options: dict | N
 def write_json(data: dict, url: str, options: dict | None = None) -> int:
     text = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
     return atomic_write(url, lambda f: f.write(text), options)
+
+
+def storage_problem(e: BaseException) -> str | None:
+    """What a storage failure means and what to do, in one line; None for any other error. Looks
+    through the chain of causes, and into the errors Ray's tasks raise (``.cause``)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, BaseException):  # a RayTaskError: the task's own error
+            e = cause
+            continue
+        name = type(e).__name__
+        if name == "NoCredentialsError":
+            return ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or "
+                    "give the machine an instance role)")
+        if name in ("EndpointConnectionError", "ConnectTimeoutError"):
+            where = getattr(e, "kwargs", {}).get("endpoint_url", "the S3 endpoint")
+            return (f"cannot reach {where}: check the endpoint (--s3-endpoint, data.s3_endpoint, "
+                    "COST_S3_ENDPOINT) and the network")
+        if isinstance(e, PermissionError):
+            return (f"permission denied: {e.filename or str(e).splitlines()[0]}: give this user (or these AWS "
+                    "credentials) access, or choose another path")
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return (f"no space left on the device{f' writing {e.filename}' if e.filename else ''}: free space or "
+                    "choose another place, then run the same command again (what is written whole is kept)")
+        e = e.__cause__ or e.__context__
+    return None
+
+
+@contextlib.contextmanager
+def storage_failures(prog: str, verbose: bool) -> Iterator[None]:
+    """A storage failure in the block (``storage_problem``) as one line, ``prog: ...``, exit status 1;
+    with ``verbose``, the traceback as it was."""
+    try:
+        yield
+    except Exception as e:
+        problem = None if verbose else storage_problem(e)
+        if problem is None:
+            raise
+        raise SystemExit(f"{prog}: {problem}") from None
+

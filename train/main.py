@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
 from pipeline.session import connect_ray, git_commit  # noqa: E402
-from pipeline.storage import arrow_filesystem, endpoint_options, is_node_local  # noqa: E402
+from pipeline.storage import arrow_filesystem, endpoint_options, is_node_local, storage_failures  # noqa: E402
 from pipeline.store import Store, StoreError  # noqa: E402
 from train import tracking  # noqa: E402
 from train.config import ConfigError, apply_override, flatten, from_dict, load_config, to_dict, to_yaml  # noqa: E402
@@ -228,6 +228,11 @@ def fit(args: argparse.Namespace, cfg: TrainConfig, name: str, ctx) -> str:  # c
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    with storage_failures("train", args.verbose):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         tracking.quiet_mlflow()
     started_here = False

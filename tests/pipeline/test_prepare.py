@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import simplejpeg
 
+from cluster.local import free_port
 from pipeline.prepare import main as prepare
 from pipeline.storage import read_table
 from pipeline.store import Store
@@ -262,3 +263,26 @@ def test_limit_takes_the_first_videos_of_each_split(kinetics, tmp_path, ray_clus
     assert m["inputs"] == 6 and m["params"]["limit"] == 3
     handled = sum(s["videos"] for s in m["splits"].values()) + sum(m["quarantined"].values())
     assert handled == 6
+
+
+@pytest.mark.parametrize("case", ["no credentials", "unreachable endpoint"])
+def test_a_store_that_cannot_be_reached_is_one_line(case, kinetics, s3_server, tmp_path):
+    """Before any work: one line naming what is wrong and what to do, exit 1, no traceback; --verbose
+    keeps the traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    endpoint = s3_server.endpoint_url
+    if case == "no credentials":
+        none = str(tmp_path / "none")
+        env = {k: v for k, v in env.items() if not k.startswith("AWS_")} | {"AWS_CONFIG_FILE": none,
+                                                                            "AWS_SHARED_CREDENTIALS_FILE": none}
+    else:
+        endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cmd = [sys.executable, PREPARE, "--dataset", "kinetics", "--root", str(kinetics),
+           "--out", f"s3://{s3_server.bucket}/unreached", "--s3-endpoint", endpoint]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    (line,) = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 1 and line.startswith("prepare: ")
+    assert ("no AWS credentials found" if case == "no credentials" else "cannot reach http://127.0.0.1") in line
+    if case == "no credentials":  # (the endpoint's retries take seconds: once is enough)
+        verbose = subprocess.run([*cmd, "--verbose"], env=env, capture_output=True, text=True, timeout=300)
+        assert verbose.returncode == 1 and "Traceback" in verbose.stderr
