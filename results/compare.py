@@ -112,10 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracking.quiet_mlflow()
     try:
         cfg, todo = members(args)
+        uri, experiment = tracking.tracking_uri(cfg.tracking.uri), cfg.tracking.experiment
+        tracking.check_answers(uri)
     except ConfigError as e:
         print(f"compare: {e}", file=sys.stderr)
         return 2
-    uri, experiment = tracking.tracking_uri(cfg.tracking.uri), cfg.tracking.experiment
     done = [name for name, _ in todo if finished(uri, experiment, name)]
     todo = [(name, argv) for name, argv in todo if name not in done]
     if done:

@@ -239,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg, state, store, clips, steps_per_epoch = checked(args)
         uri = tracking.tracking_uri(cfg.tracking.uri)
+        tracking.check_answers(uri)
         started_here = connect_ray(args.address, args.num_cpus, log_to_driver=True, quiet=not args.verbose)
         check_shared(cfg, uri)
         name, run_id, resumed = open_run(args, cfg, state, store, uri)

@@ -42,6 +42,23 @@ def tracking_uri(configured: str | None = None) -> str:
     return f"sqlite:///{os.path.join(HOME, 'mlflow.db')}"
 
 
+def check_answers(uri: str, timeout: float = 10.0) -> None:
+    """An MLflow server at ``uri`` (http or https) answers its health check, else a ConfigError: MLflow's
+    own client retries a server that does not answer for minutes, then fails with a traceback."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except (OSError, urllib.error.URLError) as e:
+        if isinstance(e, urllib.error.HTTPError) and e.code in (401, 403):
+            return  # it answers; the credentials are MLflow's client's business
+        raise ConfigError(f"config key 'tracking.uri': the MLflow server at {uri} does not answer ({e}); start it, "
+                          "or set tracking.uri (or MLFLOW_TRACKING_URI) to one that does") from None
+
+
 @functools.lru_cache(maxsize=4)
 def client(uri: str):
     from mlflow.tracking import MlflowClient

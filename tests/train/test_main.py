@@ -168,6 +168,7 @@ def test_a_stopped_run_resumes_at_the_next_epoch_with_its_bar_and_not_rays_info_
     ("data.crop=0", "data.crop"),
     ("trainer.epochs=0", "trainer.epochs"),
     ("data.frames=0", "data.frames"),
+    ("tracking.uri=http://127.0.0.1:9", "tracking.uri"),  # an MLflow server that does not answer (port 9: discard)
 ])
 def test_bad_config_fails_before_ray_starts(store, mlflow_server, tmp_path, monkeypatch, capsys, override, key):
     def no_ray(*a, **k):
