@@ -286,3 +286,22 @@ def test_a_store_that_cannot_be_reached_is_one_line(case, kinetics, s3_server, t
     if case == "no credentials":  # (the endpoint's retries take seconds: once is enough)
         verbose = subprocess.run([*cmd, "--verbose"], env=env, capture_output=True, text=True, timeout=300)
         assert verbose.returncode == 1 and "Traceback" in verbose.stderr
+
+
+def test_two_prepares_into_one_store_at_once_end_in_one_complete_store(kinetics, tmp_path, ray_cluster):
+    """No lock: the plan is fixed by the inputs and settings, a shard appears whole, and the manifest is
+    built from whichever summaries either run saved, so both runs end in the store one run makes."""
+    base = ["--dataset", "kinetics", "--root", str(kinetics), "--videos-per-shard", "1", "--workers", "1"]
+    prepare(base + ["--out", str(tmp_path / "alone")])
+    both = [subprocess.Popen([sys.executable, PREPARE, *base, "--out", str(tmp_path / "shared")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+            for _ in range(2)]
+    outputs = [proc.communicate(timeout=300)[0] for proc in both]
+    assert [proc.returncode for proc in both] == [0, 0], outputs
+    assert not any("nothing to do" in out for out in outputs)  # both found work: they overlapped
+    shared, alone = Store(str(tmp_path / "shared")), Store(str(tmp_path / "alone"))
+    assert store_rows(shared) == store_rows(alone)
+    assert shared.manifest["splits"] == alone.manifest["splits"]
+    quarantined = [sorted((r["video_id"], r["reason"]) for r in s.quarantine().to_pylist()) for s in (shared, alone)]
+    assert quarantined[0] == quarantined[1] != []  # (their details carry decord's clock)
+    assert not list((tmp_path / "shared").rglob("*.tmp-*"))
