@@ -18,10 +18,13 @@ from pathlib import Path
 
 from pipeline.storage import is_node_local
 
-# Ray's lines that a console without --verbose leaves out: the local cluster's token note, and
-# Ray Data's notes on the progress bars we turn off and on each finished execution. Their warnings stay.
+# Ray's lines that a console without --verbose leaves out: the local cluster's token note, Ray Data's
+# notes on the progress bars we turn off and on each finished execution, and its line announcing a
+# task's exception. Their warnings stay.
 QUIET = {"ray._private.authentication": logging.ERROR, "ray.data._internal.progress": logging.ERROR,
-         "ray.data._internal.execution.streaming_executor": logging.WARNING}
+         "ray.data._internal.execution.streaming_executor": logging.WARNING,
+         # "An exception was raised from a task ...": the exception itself follows, or our line for it.
+         "ray.data._internal.execution.streaming_executor_state": logging.CRITICAL}
 
 
 def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = False, quiet: bool = False) -> bool:

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO
@@ -155,8 +156,13 @@ def storage_problem(e: BaseException) -> str | None:
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
+        # A RayTaskError: the task's own error, whose causes do not survive the trip; its traceback does.
+        trace = str(e) if "RayTaskError" in type(e).__name__ else ""
+        for code, text in reversed(re.findall(r"\[Errno (\d+)\] ([^\n]*)", trace)):
+            if int(code) in (errno.ENOSPC, errno.EACCES):
+                return storage_problem(OSError(int(code), text))
         cause = getattr(e, "cause", None)
-        if isinstance(cause, BaseException):  # a RayTaskError: the task's own error
+        if isinstance(cause, BaseException):
             e = cause
             continue
         name = type(e).__name__

@@ -305,3 +305,23 @@ def test_two_prepares_into_one_store_at_once_end_in_one_complete_store(kinetics,
     quarantined = [sorted((r["video_id"], r["reason"]) for r in s.quarantine().to_pylist()) for s in (shared, alone)]
     assert quarantined[0] == quarantined[1] != []  # (their details carry decord's clock)
     assert not list((tmp_path / "shared").rglob("*.tmp-*"))
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_then_finishes(kinetics, tmp_path, ray_cluster):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("this machine cannot mount a small tmpfs here (needs root)")
+    try:
+        (disk / "filler").write_bytes(b"\0" * (4096 - 96) * 1024)  # 96 KB left; the store takes ~1.8 MB
+        base = ["--dataset", "kinetics", "--root", str(kinetics), "--videos-per-shard", "1", "--workers", "1"]
+        with pytest.raises(SystemExit, match=r"^prepare: no space left on the device: free space .* the same command "):
+            prepare(base + ["--out", str(disk / "store")])
+        assert not (disk / "store" / "manifest.json").exists()
+        (disk / "filler").unlink()
+        assert prepare(base + ["--out", str(disk / "store")]) == 0  # what was written whole is kept and used
+        prepare(base + ["--out", str(tmp_path / "alone")])
+        assert store_rows(Store(str(disk / "store"))) == store_rows(Store(str(tmp_path / "alone")))
+        assert not list((disk / "store").rglob("*.tmp-*"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
