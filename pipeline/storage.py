@@ -156,8 +156,9 @@ def storage_problem(e: BaseException) -> str | None:
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        # A RayTaskError: the task's own error, whose causes do not survive the trip; its traceback does.
-        trace = str(e) if "RayTaskError" in type(e).__name__ else ""
+        # Ray's errors (a task's, Ray Train's workers'): the error raised in another process, whose
+        # causes do not survive the trip; its traceback, in the message, does.
+        trace = str(e) if type(e).__module__.startswith("ray.") else ""
         for code, text in reversed(re.findall(r"\[Errno (\d+)\] ([^\n]*)", trace)):
             if int(code) in (errno.ENOSPC, errno.EACCES):
                 return storage_problem(OSError(int(code), text))
