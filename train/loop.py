@@ -95,7 +95,7 @@ class Worker:
 
     def log(self, metrics: dict[str, float], step: int, *, background: bool = False) -> None:
         """Rank 0's metrics to MLflow. ``background``: queued, so that training does not wait on the
-        server (a call takes ~40 ms: 20 minutes of a 600,000-iteration run, bench/train_scale.py);
+        server (~37 ms a call: 18 minutes of a 600,000-iteration run, bench/RESULTS.md);
         any other call first waits for those queued, and raises if one failed."""
         if self.rank != 0:
             return
