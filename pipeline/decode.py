@@ -14,9 +14,6 @@ short is quarantined as ``truncated`` rather than stored in part. ``IsolatedDeco
 work in a reusable child process, so a decoder segfault (``crash``) or hang (``timeout``) costs
 that one video and the next one gets a fresh child. ``reusable_decoder`` keeps one for the whole
 process (a prepare worker runs many shards).
-
-Fault injection for tests: with ``COST_DECODE_FAULT=segv:TEXT`` (or ``hang:TEXT``) in the
-environment, the child process really segfaults (or sleeps) on paths containing TEXT.
 """
 
 from __future__ import annotations
@@ -180,26 +177,12 @@ def _serve(conn: Any) -> None:
         if request is None:
             return
         path, kwargs = request
-        _inject_fault(path)
         try:
             conn.send(("ok", encode_video(path, **kwargs)))
         except DecodeError as e:
             conn.send(("error", e.reason, e.detail))
         except Exception as e:  # an unforeseen decoder failure is still this video's problem
             conn.send(("error", "not_video", f"{type(e).__name__}: {str(e)[-300:]}"))
-
-
-def _inject_fault(path: str) -> None:
-    kind, _, text = os.environ.get("COST_DECODE_FAULT", "").partition(":")
-    if text and text in path:
-        if kind == "segv":
-            import signal
-
-            os.kill(os.getpid(), signal.SIGSEGV)
-        elif kind == "hang":
-            import time
-
-            time.sleep(3600)
 
 
 class IsolatedDecoder:

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
 from pipeline.decode import DecodeError, IsolatedDecoder  # noqa: E402
 from pipeline.storage import endpoint_options  # noqa: E402
-from pipeline.store import Store, StoreError  # noqa: E402
+from pipeline.store import StoreError  # noqa: E402
 from train import tracking  # noqa: E402
 from train.augment import PROTOCOLS  # noqa: E402
 from train.checkpoints import CheckpointError, load_state, model_from_state  # noqa: E402
@@ -63,10 +63,7 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, TrainConfig, 
         path, opts = args.checkpoint, endpoint_options(args.s3_endpoint)
     state = load_state(path, opts)
     cfg = from_dict(TrainConfig, state["config"])
-    params = state.get("store_params")
-    if params is None:  # a checkpoint from before store_params were saved: ask its store
-        params = Store(cfg.data.store, opts).manifest["params"]
-    return model_from_state(state).to(args.device), state, cfg, params
+    return model_from_state(state).to(args.device), state, cfg, state["store_params"]
 
 
 def predict(model: torch.nn.Module, path: str, cfg: TrainConfig, params: dict, decoder: IsolatedDecoder, *,

@@ -77,9 +77,8 @@ def kernels_label(arch: str, params: dict[str, str]) -> str:
 
 def protocol_label(params: dict[str, str]) -> str:
     """The multi-clip test protocol, e.g. "10 x full @ 256": clips, views, short side."""
-    views = params.get("data.test_protocol") or {"1": "center_crop", "3": "three_crop"}.get(
-        params.get("data.test_crops", ""), "?")  # runs from before test_protocol had test_crops
-    return f"{params.get('data.test_clips', '?')} x {views} @ {params.get('data.eval_short_side', '?')}"
+    return (f"{params.get('data.test_clips', '?')} x {params.get('data.test_protocol', '?')} @ "
+            f"{params.get('data.eval_short_side', '?')}")
 
 
 def collect(uri: str, experiment: str) -> list[RunResult]:

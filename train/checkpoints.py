@@ -61,7 +61,6 @@ def state_from_bytes(data: bytes, where: str) -> dict:
         raise CheckpointError(f"{where}: cannot read {STATE_FILE}: {str(e).splitlines()[0]}") from e
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{where}: {STATE_FILE} is not a training state of this project")
-    upgrade_config(state["config"])
     return state
 
 
@@ -92,16 +91,6 @@ def newest_loadable(fs, latest: str, say) -> tuple[dict, str]:
             say(f"checkpoint {path} does not load ({str(e).splitlines()[0]}); its {STATE_FILE} is kept "
                 f"as {STATE_FILE}.damaged, and the run goes on from the one before")
     raise CheckpointError(f"no checkpoint of the run in {parent} loads; start the run again under another name")
-
-
-def upgrade_config(config: dict) -> None:
-    """A checkpoint's config from before the keys were renamed, in today's keys, in place: its model
-    is rebuilt as it was trained (pool2 was 3x1x1 or off) and tested as it was (test_crops)."""
-    data, model = config.get("data", {}), config.get("model", {})
-    if "test_crops" in data:
-        data["test_protocol"] = "three_crop" if data.pop("test_crops") == 3 else "center_crop"
-    if isinstance(model.get("pool2"), bool):
-        model["pool2"] = "3x1x1" if model["pool2"] else "none"
 
 
 def read_weights(url: str, storage_options: dict | None = None) -> dict:

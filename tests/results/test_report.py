@@ -113,5 +113,5 @@ def test_groups_and_labels():
     rows = table([run("a", "0.01", "(1, 1, 1, 1)")], load_paper())
     assert rows[0]["model"] == "blocks 1-1-1-1 w16" and rows[0]["paper_top1"] is None
     assert len(load_paper()) == 18  # Tables 2 and 4-7, and Table 3's two unshared rows
-    assert protocol_label({"data.test_clips": "10", "data.test_crops": "3", "data.eval_short_side": "256"}) == \
-        "10 x three_crop @ 256"  # a run from before data.test_protocol
+    assert protocol_label({"data.test_clips": "10", "data.test_protocol": "three_crop",
+                           "data.eval_short_side": "256"}) == "10 x three_crop @ 256"

@@ -48,23 +48,6 @@ def test_a_32_frame_model_is_fine_tuned_from_an_8_frame_checkpoint(tmp_path):
     assert torch.allclose(a[:, :, 4], b[:, :, 2], atol=1e-5)
 
 
-def test_checkpoints_from_before_the_renamed_keys_still_load(tmp_path):
-    from train.checkpoints import model_from_state
-    from train.config import from_dict, to_dict
-    from train.settings import TrainConfig
-
-    model = build_model("c3d", num_classes=2, blocks=(1, 1, 1, 1), width=8, pool1_t=3, pool2="3x1x1")
-    config = to_dict(from_dict(TrainConfig, {"data": {"store": "s"}}))
-    del config["data"]["test_protocol"], config["model"]["pool2"]
-    config["data"]["test_crops"], config["model"]["pool2"] = 3, True
-    config["model"].update(arch="c3d", blocks=[1, 1, 1, 1], width=8, pool1_t=3)
-    save_state(tmp_path, dict(model=model.state_dict(), config=config, classes=["a", "b"]))
-    state = load_state(tmp_path)
-    assert state["config"]["data"]["test_protocol"] == "three_crop"
-    rebuilt = model_from_state(state)
-    assert isinstance(rebuilt.pool2, torch.nn.MaxPool3d) and rebuilt.pool2.kernel_size == (3, 1, 1)
-
-
 def write_checkpoints(fs, run: str, steps: list[int]) -> list[str]:
     """A run folder's checkpoints (Ray Train names them by time), each a state at its step."""
     paths = []
