@@ -169,6 +169,13 @@ def checked(args: argparse.Namespace) -> tuple[TrainConfig, dict | None, Store, 
     if not args.eval_only:
         check_init(cfg, store)
     check_files(cfg)
+    if cfg.model.finetune_from and not args.eval_only:  # damaged, it would fail in every worker
+        from train.checkpoints import CheckpointError, load_state
+
+        try:
+            load_state(cfg.model.finetune_from, storage_options(cfg))
+        except CheckpointError as e:
+            raise ConfigError(f"config key 'model.finetune_from': {e}") from None
     from train.data import clips_per_epoch
 
     clips = clips_per_epoch(store, cfg.data.train_split, cfg.data.clips_per_video)

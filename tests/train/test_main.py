@@ -184,6 +184,16 @@ def test_bad_config_fails_before_ray_starts(store, mlflow_server, tmp_path, monk
     assert f"'{key}'" in capsys.readouterr().err
 
 
+def test_a_damaged_checkpoint_to_fine_tune_from_fails_before_ray_starts(store, mlflow_server, tmp_path,
+                                                                        monkeypatch, capsys):
+    monkeypatch.setattr(train.main, "connect_ray", lambda *a, **k: pytest.fail("Ray was started for a bad config"))
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "state.pt").write_bytes(b"PK\x03\x04" + b"\0" * 100)  # a zip cut short
+    assert main(args(store, mlflow_server, tmp_path, f"model.finetune_from={tmp_path / 'ckpt'}")) == 2
+    err = capsys.readouterr().err
+    assert "'model.finetune_from'" in err and "cannot read state.pt" in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_config_without_its_data_section_fails_before_ray_starts(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train.main, "connect_ray", lambda *a, **k: pytest.fail("Ray was started for a bad config"))
     config = tmp_path / "no_data.yaml"
