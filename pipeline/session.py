@@ -26,6 +26,8 @@ QUIET = {"ray._private.authentication": logging.ERROR, "ray.data._internal.progr
          # "An exception was raised from a task ...": the exception itself follows, or our line for it.
          "ray.data._internal.execution.streaming_executor_state": logging.CRITICAL}
 
+CONNECT_S, ANSWER_S = 10.0, 60.0  # a cluster's port must take a connection, then Ray must connect, within these
+
 
 def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = False, quiet: bool = False) -> bool:
     """Join the named cluster (``address``, else RAY_ADDRESS) or the one ``ray start`` started on this
@@ -40,14 +42,14 @@ def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = Fal
         for name, level in QUIET.items():
             logging.getLogger(name).setLevel(level)
     options = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING if quiet else logging.INFO)
-    found = "given" if address or os.environ.get("RAY_ADDRESS") else "found on this machine"
-    address = address or os.environ.get("RAY_ADDRESS") or running_cluster()
+    given = address or os.environ.get("RAY_ADDRESS")
+    address = given or running_cluster()
     if not address:
         ray.init(num_cpus=num_cpus or None, **options)
         return True
     # Ray retries a cluster that does not answer forever, printing a line every 30 s.
-    what = (f"the Ray cluster at {address} ({found}) does not answer{{}}: choose another with --address or "
-            "RAY_ADDRESS, or stop what is left of it with `ray stop`")
+    what = (f"the Ray cluster at {address} ({'given' if given else 'found on this machine'}) does not "
+            "answer{}: choose another with --address or RAY_ADDRESS, or stop what is left of it with `ray stop`")
     if "://" not in address:  # host:port of a GCS (ray:// is Ray Client's own protocol)
         host, _, port = address.rpartition(":")
         try:
@@ -63,9 +65,6 @@ def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = Fal
     finally:
         timer.cancel()
     return False
-
-
-CONNECT_S, ANSWER_S = 10.0, 60.0  # a cluster's port must take a connection, then Ray must connect, within these
 
 
 def running_cluster() -> str | None:

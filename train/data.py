@@ -49,8 +49,9 @@ from train.settings import DataConfig
 
 EVAL_COLUMNS = ["video_id", "label", "phase", "num_phases", "height", "width", "frames"]
 STREAM_TASKS = 2048  # most tasks in one training stream (epochs_per_stream)
-# Ray Data's start costs its driver about 1 ms and 90 KB a block (bench/train_scale.py): 16 s and 1.5 GB
-# before the first batch at 16,000 shards, one block each. Items share blocks beyond this many.
+# Ray Data's start costs the driver of a stream about 3 ms and 57 KB a block (bench/RESULTS.md, "An
+# epoch's start at scale"): 61 s and 1.4 GB before the first batch at 20,000 shards, one block each.
+# Items share blocks beyond this many.
 MAX_BLOCKS = 1024
 
 

@@ -52,7 +52,7 @@ def check_answers(uri: str, timeout: float = 10.0) -> None:
 
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
-    except (OSError, urllib.error.URLError) as e:
+    except OSError as e:  # urllib's URLError and HTTPError among them
         if isinstance(e, urllib.error.HTTPError) and e.code in (401, 403):
             return  # it answers; the credentials are MLflow's client's business
         raise ConfigError(f"config key 'tracking.uri': the MLflow server at {uri} does not answer ({e}); start it, "
