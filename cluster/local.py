@@ -1,7 +1,7 @@
 """A multi-node Ray cluster on one machine (127.0.0.1), with MLflow as a team runs it.
 
     python cluster/local.py up --workers 2          # start everything; prints what to export
-    eval "$(python cluster/local.py env)"           # RAY_ADDRESS, MLFLOW_TRACKING_URI, S3 endpoint, token
+    eval "$(python cluster/local.py env)"           # RAY_ADDRESS, MLflow's URI and sign-in, S3 endpoint, token
     python pipeline/prepare.py --dataset kinetics --root s3://cost/videos --out s3://cost/store
     ray job submit --address "$COST_RAY_DASHBOARD" --working-dir . -- python train/main.py ...
     python cluster/local.py kill-node 1             # SIGKILL worker node 1 (a lost machine)
@@ -13,6 +13,8 @@ Each service runs in its own process group, recorded in DIR/cluster.json (defaul
 * an S3-compatible server (moto) with a bucket, unless ``--s3-endpoint`` names a real one;
 * an MLflow tracking server: PostgreSQL backend store, artifacts under s3://BUCKET/mlflow, which
   clients upload through the server (``--artifacts-destination``) and so need no S3 access for it;
+  sign-in required (cluster/mlflow-auth.ini): user ``admin``, its password in DIR/mlflow_password
+  (mode 0600), which the nodes and ``env`` pass on as MLFLOW_TRACKING_USERNAME / _PASSWORD;
 * a Ray head and N worker nodes with distinct resources (``head``, ``worker_node_1``, ...) so tests
   and users can place or find work per node, and token authentication on (the token lies in
   DIR/ray_token, mode 0600). The dashboard, job API and MLflow listen on 127.0.0.1; Ray's
@@ -22,6 +24,7 @@ Each service runs in its own process group, recorded in DIR/cluster.json (defaul
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import os
 import secrets
@@ -38,6 +41,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+AUTH_INI = Path(__file__).with_name("mlflow-auth.ini")
 CLUSTER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
                # Ray's own default on Linux, explicit because with 0 `ray start` refuses a second node.
                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
@@ -195,20 +199,50 @@ def start_postgres(root: Path) -> tuple[subprocess.Popen, str, Path]:
                   "-k", str(data), "-F"], log)
     ready = [str(pg / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "-q"]
     wait_until(lambda: subprocess.run(ready).returncode == 0, "postgres", proc, log, timeout=60)
-    subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"], check=True)
+    for db in ("mlflow", "mlflow_auth"):  # runs, and MLflow's users and permissions
+        subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", db], check=True)
     return proc, f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow", data
 
 
-def start_mlflow(root: Path, backend: str, artifacts: str, s3_env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def start_mlflow(root: Path, backend: str, artifacts: str, s3_env: dict[str, str], auth_db: str | None = None
+                 ) -> tuple[subprocess.Popen, str]:
     """``mlflow server`` with ``backend`` (SQLAlchemy URL) and served artifacts at ``artifacts``;
-    ``s3_env`` holds MLFLOW_S3_ENDPOINT_URL and any keys for an S3 artifact store (empty for a local one)."""
+    ``s3_env`` holds MLFLOW_S3_ENDPOINT_URL and any keys for an S3 artifact store (empty for a local one).
+    With ``auth_db`` (a SQLAlchemy URL for its users), sign-in required as on a real cluster
+    (cluster/mlflow-auth.ini): user ``admin``, with the password in root/mlflow_password."""
     port, log = free_port(), root / "mlflow.log"
-    proc = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                  "--backend-store-uri", backend, "--artifacts-destination", artifacts, "--workers", "1"],
-                 log, env={**CLUSTER_ENV, **s3_env})
+    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", backend,
+           "--artifacts-destination", artifacts, "--workers", "1"]
+    env = {**CLUSTER_ENV, **s3_env}
+    if auth_db:
+        auth = configparser.ConfigParser()
+        auth.read(AUTH_INI)
+        auth["mlflow"]["database_uri"] = auth_db
+        with open(root / "mlflow-auth.ini", "w") as f:
+            auth.write(f)
+        cmd[2:2] = ["--app-name", "basic-auth"]
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(root / "mlflow-auth.ini"),
+                   MLFLOW_AUTH_ADMIN_PASSWORD=secret_file(root / "mlflow_password"),
+                   MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(32))
+    proc = start(cmd, log, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: http_ok(f"{url}/health"), "mlflow server", proc, log, timeout=180)
     return proc, url
+
+
+def secret_file(path: Path) -> str:
+    """A new random secret in ``path``, readable by its owner only."""
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    return path.read_text()
+
+
+def mlflow_credentials(state: dict) -> dict[str, str]:
+    """What an MLflow client of this cluster sends: the admin's user name and password."""
+    if "mlflow" not in state:
+        return {}
+    return {"MLFLOW_TRACKING_URI": state["mlflow"], "MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": Path(state["mlflow_password"]).read_text()}
 
 
 def _started(state: dict, procs: list[subprocess.Popen], name: str, proc: subprocess.Popen) -> None:
@@ -230,7 +264,9 @@ def start_services(root: Path, state: dict, procs: list[subprocess.Popen], s3_en
         state["postgres_data"] = str(data)
         _started(state, procs, "postgres", proc)
         proc, state["mlflow"] = start_mlflow(root, state["mlflow_backend"], f"s3://{state['bucket']}/mlflow",
-                                             {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **state["s3_keys"]})
+                                             {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **state["s3_keys"]},
+                                             auth_db=state["mlflow_backend"].rsplit("/", 1)[0] + "/mlflow_auth")
+        state["mlflow_password"] = str((root / "mlflow_password").resolve())
         _started(state, procs, "mlflow", proc)
 
 
@@ -238,15 +274,14 @@ def start_ray(root: Path, state: dict, procs: list[subprocess.Popen], workers: i
               worker_cpus: float) -> None:
     """A Ray head and ``workers`` worker nodes, with token authentication, each node waited for."""
     token = root / "ray_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
+    secret_file(token)
     # The nodes' tasks read and write S3: moto's throw-away keys, else the caller's own credentials.
     state["ray_env"] = {**CLUSTER_ENV, **state["s3_keys"], "RAY_AUTH_MODE": "token",
                         "RAY_AUTH_TOKEN_PATH": str(token.resolve())}
     # As on a real cluster (cluster/aws.yaml): a job's `python` is the installation the nodes run, and
-    # its driver logs to the cluster's MLflow server.
+    # its driver and workers log to the cluster's MLflow server, signed in.
     node_env = {**state["ray_env"], "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                **({"MLFLOW_TRACKING_URI": state["mlflow"]} if "mlflow" in state else {})}
+                **mlflow_credentials(state)}
     head_port, dash = free_ports(2)
     state["ray_address"], state["ray_dashboard"] = f"127.0.0.1:{head_port}", f"http://127.0.0.1:{dash}"
     log = root / "ray-head.log"
@@ -315,11 +350,8 @@ def kill_node(root: Path, index: int) -> None:
 
 def client_env(state: dict) -> dict[str, str]:
     """The environment drivers and clients of this cluster need."""
-    env = {**state["ray_env"], "RAY_ADDRESS": state["ray_address"], "COST_RAY_DASHBOARD": state["ray_dashboard"],
-           "COST_S3_ENDPOINT": state["s3_endpoint"]}
-    if "mlflow" in state:
-        env["MLFLOW_TRACKING_URI"] = state["mlflow"]
-    return env
+    return {**state["ray_env"], "RAY_ADDRESS": state["ray_address"], "COST_RAY_DASHBOARD": state["ray_dashboard"],
+            "COST_S3_ENDPOINT": state["s3_endpoint"], **mlflow_credentials(state)}
 
 
 def env_lines(state: dict) -> list[str]:

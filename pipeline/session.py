@@ -19,12 +19,21 @@ from pathlib import Path
 from pipeline.storage import is_node_local
 
 # Ray's lines that a console without --verbose leaves out: the local cluster's token note, Ray Data's
-# notes on the progress bars we turn off and on each finished execution, and its line announcing a
-# task's exception. Their warnings stay.
+# notes on the progress bars we turn off and on each finished execution, and the tracebacks Ray
+# Data and Ray Train log where an error arises (a task, a training worker). Their warnings stay,
+# and the error itself still reaches the driver, which prints it, or our one line for it.
 QUIET = {"ray._private.authentication": logging.ERROR, "ray.data._internal.progress": logging.ERROR,
          "ray.data._internal.execution.streaming_executor": logging.WARNING,
-         # "An exception was raised from a task ...": the exception itself follows, or our line for it.
-         "ray.data._internal.execution.streaming_executor_state": logging.CRITICAL}
+         "ray.data._internal.execution.streaming_executor_state": logging.CRITICAL,  # "An exception was raised"
+         "ray.data.exceptions": logging.CRITICAL,  # "Exception occurred in ...", "Full stack trace"
+         "ray.train.v2._internal.util": logging.CRITICAL}  # "Error in training function"
+
+def quiet_ray_logs() -> None:
+    """Leave QUIET's lines out of this process's console (a driver, or a Ray Train worker, whose
+    Ray Data executions log there)."""
+    for name, level in QUIET.items():
+        logging.getLogger(name).setLevel(level)
+
 
 CONNECT_S, ANSWER_S = 10.0, 60.0  # a cluster's port must take a connection, then Ray must connect, within these
 
@@ -39,8 +48,7 @@ def connect_ray(address: str | None, num_cpus: int, *, log_to_driver: bool = Fal
     if ray.is_initialized():
         return False
     if quiet:
-        for name, level in QUIET.items():
-            logging.getLogger(name).setLevel(level)
+        quiet_ray_logs()
     options = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING if quiet else logging.INFO)
     given = address or os.environ.get("RAY_ADDRESS")
     address = given or running_cluster()

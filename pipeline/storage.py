@@ -131,8 +131,9 @@ def atomic_write(url: str, write: Callable[[IO[bytes]], None], options: dict | N
     Local files are written under a temporary name and renamed; object stores publish an object
     only once its upload completes."""
     fs, path = filesystem(url, options)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     local = is_local(fs)
+    if local:  # an object store has no folders, and s3fs would create a missing bucket
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     target = f"{path}{TMP_MARK}{uuid.uuid4().hex}" if local else path
     try:
         with fs.open(target, "wb") as f:
@@ -162,11 +163,20 @@ def storage_problem(e: BaseException) -> str | None:
         for code, text in reversed(re.findall(r"\[Errno (\d+)\] ([^\n]*)", trace)):
             if int(code) in (errno.ENOSPC, errno.EACCES):
                 return storage_problem(OSError(int(code), text))
+            if int(code) == errno.ENOENT:  # every input was checked before Ray started: it went since
+                return (f"{text.split('. Detail:')[0]}: a file the run reads was removed or moved while it ran (the "
+                        "store, or a checkpoint); put it back (or prepare the store again), then run the same "
+                        "command: a training run resumes from its latest checkpoint")
         cause = getattr(e, "cause", None)
         if isinstance(cause, BaseException):
             e = cause
             continue
         name = type(e).__name__
+        response = getattr(e, "response", None)  # botocore's errors: the service's answer
+        error = response.get("Error", {}) if isinstance(response, dict) else {}
+        if error.get("Code") == "NoSuchBucket":
+            return (f"the S3 bucket {error.get('BucketName', '')!r} does not exist: check its name, or create it "
+                    "(`aws s3 mb s3://NAME`); nothing creates a bucket by itself")
         if name == "NoCredentialsError":
             return ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or "
                     "give the machine an instance role)")

@@ -138,7 +138,9 @@ def table(runs: list[RunResult], paper: dict) -> list[dict]:
             if name in ACCURACY:
                 row[f"{name}_std"] = round(float(np.std(values, ddof=1)), 2) if len(values) > 1 else None
         published = paper.get(key, {})
-        row.update(paper_top1=published.get("top1"), paper_top5=published.get("top5"),
+        # Runs from before trainer.test_checkpoint existed tested the last epoch's weights.
+        tested = sorted({r.params.get("trainer.test_checkpoint", "last") for r in group})
+        row.update(tested="/".join(tested), paper_top1=published.get("top1"), paper_top5=published.get("top5"),
                    paper_source=published.get("source"), hardware=", ".join(sorted({r.hardware for r in group} - {""})),
                    run_ids=" ".join(r.run_id for r in group))
         rows.append(row)
@@ -172,7 +174,7 @@ HEAD = ["Dataset", "Model", "Arch", "Frames", "Test protocol", "Runs", "Params (
 def cells(r: dict) -> list[str]:
     """One table row's cells, in HEAD's order."""
     arch = ARCH_NAMES.get(r["arch"], r["arch"]) + (" unshared" if r["kernels"] == "unshared" else "")
-    return [r["dataset"], r["model"], arch, str(r["frames"]), r["protocol"], str(r["runs"]),
+    return [r["dataset"], r["model"], arch, str(r["frames"]), f"{r['protocol']}, {r['tested']}", str(r["runs"]),
             _cell(r, "params_m"), _cell(r, "gflops"), _cell(r, "clips_per_s"),
             *(_cell(r, m) for m in ACCURACY), r["paper_top1"] or "-", r["paper_top5"] or "-"]
 
@@ -198,7 +200,8 @@ def html(title: str, rows: list[dict], notes: str) -> str:
 
 NOTES = """Accuracy in %: val is the single-clip validation after the last epoch (centre crop); test is the
 multi-clip protocol, "clips x views @ short side" (full: the whole frame, the paper's; three_crop: the
-authors' code's; softmax averaged per video). "± s": standard deviation over the row's runs. GFLOPs: one
+authors' code's; softmax averaged per video), on the weights of the best validation's checkpoint ("best",
+as the authors' code tests) or of the last epoch ("last"). "± s": standard deviation over the row's runs. GFLOPs: one
 forward pass of one clip (a multiply-add is 2 FLOPs). Train clips/s: median over the logged windows, all
 workers together ({hardware}). Paper: Li et al., CVPR 2019, validation sets, ImageNet initialisation,
 shown only beside rows tested as the paper tests ({paper}; results/paper_results.csv)."""

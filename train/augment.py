@@ -49,9 +49,10 @@ def decode(jpegs: Sequence[bytes], *, fast: bool = False) -> np.ndarray:
 
 def train_view(rng: np.random.Generator, height: int, width: int, *, short_side: tuple[int, int] = (256, 320),
                crop: int = 224, flip: bool = True) -> View:
-    """Scale to a random short side in ``short_side``, a random ``crop`` square, a random flip
-    (unless ``flip`` is off: classes such as "moving left" / "moving right" are mirror images)."""
-    scale = rng.uniform(short_side[0], short_side[1]) / min(height, width)
+    """Scale to a random short side in ``short_side``, a whole number of pixels from either end as
+    the authors draw it (MMAction2's RandomRescale), a random ``crop`` square, a random flip (unless
+    ``flip`` is off: classes such as "moving left" / "moving right" are mirror images)."""
+    scale = int(rng.integers(short_side[0], short_side[1], endpoint=True)) / min(height, width)
     side = min(round(crop / scale), height, width)
     top = int(rng.integers(0, height - side + 1))
     left = int(rng.integers(0, width - side + 1))

@@ -114,10 +114,13 @@ class TrainState:
     epoch_step: int = 0  # steps done in the epoch under way
     step: int = 0  # steps done in all
     val: dict = field(default_factory=dict)  # the last validation's metrics
+    # The best validation so far: its val_top1, epoch and step, and "path", its checkpoint's (once known).
+    best: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         return dict(model=self.model.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
-                    epoch=self.epoch, epoch_step=self.epoch_step, step=self.step, val=dict(self.val))
+                    epoch=self.epoch, epoch_step=self.epoch_step, step=self.step, val=dict(self.val),
+                    best=dict(self.best))
 
     def restore(self, state: dict) -> None:
         """The optimiser, scheduler and counters of a ``state_dict`` (the model's weights are loaded
@@ -125,7 +128,7 @@ class TrainState:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.epoch, self.epoch_step, self.step = state["epoch"], state["epoch_step"], state["step"]
-        self.val = dict(state.get("val", {}))
+        self.val, self.best = dict(state.get("val", {})), dict(state.get("best", {}))
 
     def train_step(self, step: Step, clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One step of ``step`` on this state's network, the counters moved on; the loss, detached."""

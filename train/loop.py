@@ -32,9 +32,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline.session import quiet_ray_logs
 from pipeline.store import Store
 from train import tracking
-from train.checkpoints import load_state, make_model, newest_loadable, read_state, read_weights, save_state
+from train.checkpoints import (
+    CheckpointError,
+    load_state,
+    make_model,
+    newest_loadable,
+    read_state,
+    read_weights,
+    save_state,
+)
 from train.config import from_dict
 from train.core import Step, TrainState, compress_gradients, optimizer
 from train.data import epochs_per_stream, split_iterator, train_dataset
@@ -68,6 +77,7 @@ class Worker:
         self.cfg = from_dict(TrainConfig, ctx.config)
         if not ctx.verbose:  # Ray 2.60 logs each report under a file path, which LoggingConfig does not reach
             logging.getLogger().setLevel(logging.WARNING)
+            quiet_ray_logs()
             tracking.quiet_mlflow()
         info = ray.train.get_context()
         self.rank, self.world = info.get_world_rank(), info.get_world_size()
@@ -122,24 +132,28 @@ class Worker:
             sys.stdout.write(f"[train] {text}\n")
             sys.stdout.flush()
 
-    def resume_state(self) -> dict | None:
-        """The state of the run's newest checkpoint that loads (none on a new run): rank 0 finds it,
-        moving damaged ones aside (``newest_loadable``), and every rank loads that one."""
+    def resume_state(self) -> tuple[dict | None, str | None]:
+        """(state, path) of the run's newest checkpoint that loads (none on a new run): rank 0 finds
+        it, moving damaged ones aside (``newest_loadable``), and every rank loads that one."""
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            return None
+            return None, None
         fs = checkpoint.filesystem
         state, path = newest_loadable(fs, checkpoint.path, self.say) if self.rank == 0 else (None, None)
         if self.world > 1:
             box = [path]
             dist.broadcast_object_list(box, src=0)
+            path = box[0]
             if self.rank:
-                state = read_state(fs, box[0])
-        return state
+                state = read_state(fs, path)
+        return state, path
 
-    def report(self, ts: TrainState, checkpoint: bool, extra: dict | None = None) -> None:
-        """``ray.train.report`` from every rank; with ``checkpoint``, rank 0 attaches the training state."""
-        metrics = {"epoch": ts.epoch, "step": ts.step, "val_top1": ts.val.get("val_top1", -1.0), **(extra or {})}
+    def report(self, ts: TrainState, checkpoint: bool, validated: bool = False, extra: dict | None = None) -> None:
+        """``ray.train.report`` from every rank; with ``checkpoint``, rank 0 attaches the training state.
+        Only ``validated`` weights carry a val_top1 (else -1), so that Ray Train keeps and ranks
+        (``keep_checkpoints``, the best checkpoint) the weights that were validated."""
+        metrics = {"epoch": ts.epoch, "step": ts.step, "val_top1": ts.val["val_top1"] if validated else -1.0,
+                   **(extra or {})}
         if not (checkpoint and self.rank == 0):
             ray.train.report(metrics)
             return
@@ -147,9 +161,12 @@ class Worker:
             save_state(d, dict(ts.state_dict(), config=self.ctx.config, classes=self.store.classes,
                                store_params=self.store.manifest["params"]))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        if ts.best.get("step") == ts.step:  # the best so far: where it now lies, for the test at the end
+            ts.best["path"] = ray.train.get_checkpoint().path
 
-    def test(self, model: nn.Module, step: int) -> dict[str, float]:
-        """The multi-clip test protocol; rank 0 logs the metrics and the per-video scores."""
+    def test(self, model: nn.Module, step: int, tested: str) -> dict[str, float]:
+        """The multi-clip test protocol on ``model`` (``tested`` says which weights: the run's tag
+        ``tested_checkpoint``); rank 0 logs the metrics and the per-video scores."""
         d = self.cfg.data
         split = d.test_split or d.val_split
         # Rank 0 sees its own share of the videos: the bar counts it times the workers.
@@ -168,6 +185,7 @@ class Worker:
             import pyarrow.parquet as pq
 
             client = tracking.client(self.ctx.tracking_uri)
+            client.set_tag(self.ctx.run_id, "tested_checkpoint", tested)
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "test_scores.parquet")
                 pq.write_table(scores.table(self.store.classes), path)
@@ -175,8 +193,8 @@ class Worker:
                 if views:
                     for f in write_analysis(views, self.store.classes, os.path.join(tmp, "analysis")):
                         client.log_artifact(self.ctx.run_id, str(f), "analysis")
-        self.say(f"test ({split}, {d.test_clips} clips, {d.test_protocol}): top-1 {metrics['test_top1']:.4f} "
-                 f"top-5 {metrics['test_top5']:.4f} on {len(scores.labels)} videos")
+        self.say(f"test ({split}, {d.test_clips} clips, {d.test_protocol}) of {tested}: top-1 "
+                 f"{metrics['test_top1']:.4f} top-5 {metrics['test_top5']:.4f} on {len(scores.labels)} videos")
         return metrics
 
 
@@ -247,8 +265,10 @@ def train_loop(config: dict) -> None:
     w = Worker(ctx)
     w.tag_placement()
     t = w.cfg.trainer
-    saved = w.resume_state()
+    saved, saved_path = w.resume_state()
     ts = build(w, saved)
+    if ts.best.get("step") == ts.step and saved_path:  # resumed from the best's own checkpoint
+        ts.best["path"] = saved_path
     torch.manual_seed(hash((t.seed, w.rank, ts.step)) % 2**31)
     if saved:
         w.say(f"resumed from checkpoint at epoch {ts.epoch + 1}, step {ts.step}")
@@ -269,7 +289,8 @@ def train_loop(config: dict) -> None:
         if bar:
             bar.close()
         if ts.epoch >= t.epochs and t.test_at_end:
-            w.report(ts, checkpoint=False, extra=w.test(ts.model, ts.step))
+            tested = weights_to_test(w, ts)
+            w.report(ts, checkpoint=False, extra=w.test(ts.model, ts.step, tested))
 
 
 def training_stream(w: Worker, ts: TrainState, last: int) -> tuple[Iterator[dict], int]:
@@ -337,16 +358,45 @@ def end_epoch(w: Worker, ts: TrainState, losses: list[torch.Tensor], seconds: fl
     ts.epoch, ts.epoch_step = ts.epoch + 1, 0
     metrics = {"epoch": ts.epoch, "train_loss": train_loss, "epoch_seconds": seconds}
     text = f"epoch {ts.epoch}/{t.epochs} done: train loss {train_loss:.4f}"
-    if ts.epoch % t.val_every == 0 or ts.epoch == t.epochs:
+    validated = ts.epoch % t.val_every == 0 or ts.epoch == t.epochs
+    if validated:
         scores = evaluate(ts.model, w.store, cfg.data.val_split, cfg, clips=1, protocol="center_crop", rank=w.rank,
                           world=w.world, device=w.device, autocast=w.step.autocast)
         ts.val = scores.metrics("val")
         metrics.update(ts.val)
         text += (f", val top-1 {ts.val['val_top1']:.4f} top-5 {ts.val['val_top5']:.4f} "
                  f"loss {ts.val['val_loss']:.4f} ({len(scores.labels)} videos)")
+        # >=: a later tie wins, as Ray Train ranks checkpoints, so that the tested model is the one
+        # tagged best_checkpoint and logged to MLflow.
+        if ts.val["val_top1"] >= ts.best.get("val_top1", -1.0):
+            ts.best = {"val_top1": ts.val["val_top1"], "epoch": ts.epoch, "step": ts.step}
     w.log(metrics, ts.step)
     w.say(text)
-    w.report(ts, checkpoint=True)
+    w.report(ts, checkpoint=True, validated=validated)
+
+
+def weights_to_test(w: Worker, ts: TrainState) -> str:
+    """Puts the weights that the test protocol scores into ``ts.model`` and says which they are:
+    with ``trainer.test_checkpoint=best``, the best validation's checkpoint (the authors test their
+    ``best_top1_acc_epoch_*``), which rank 0 reads and sends to the others; else the last epoch's."""
+    best, last = ts.best, f"the last epoch's weights (epoch {ts.epoch})"
+    if w.cfg.trainer.test_checkpoint == "last":
+        return last
+    label = f"the best checkpoint (epoch {best['epoch']}, val top-1 {best['val_top1']:.4f})"
+    if best["step"] == ts.step:
+        return f"{label}, the last epoch's"
+    box = [None]
+    if w.rank == 0:
+        try:
+            box = [read_state(ray.train.get_checkpoint().filesystem, best["path"])["model"]]
+        except (OSError, CheckpointError) as e:
+            w.say(f"{label} {best['path']} does not load ({str(e).splitlines()[0]}); the test scores {last}")
+    if w.world > 1:
+        dist.broadcast_object_list(box, src=0)
+    if box[0] is None:
+        return last
+    ts.model.load_state_dict(box[0])
+    return f"{label} {best['path']}"
 
 
 def mean_over_workers(value: torch.Tensor, world: int) -> float:
@@ -367,5 +417,5 @@ def eval_loop(config: dict) -> None:
     model = model.to(w.device)
     if state["classes"] != w.store.classes:
         raise ValueError(f"the checkpoint's classes differ from the store {w.store.url}'s")
-    ray.train.report(w.test(model, state["step"]))
+    ray.train.report(w.test(model, state["step"], f"the checkpoint {ctx.checkpoint}"))
 

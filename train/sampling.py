@@ -2,7 +2,8 @@
 
 Training: a window of ``frames * stride`` consecutive source frames (64 = 8 x 8) at a random
 start, every ``stride``-th frame kept. Testing: ``clips`` (10) windows spread uniformly over the
-video. A video shorter than the window loops. All indices are source frame indices.
+video. A video shorter than the window starts at its first frame and loops, as the authors'
+sampler (MMAction2's SampleFrames) takes it. All indices are source frame indices.
 
 In the frame store (pipeline/store.py) frames are grouped by phase: with ``frame_step`` k and
 ``stride`` S, the row of phase p holds source frames (p, p + S/k, p + 2S/k, ...) * k. A training
@@ -19,8 +20,7 @@ def train_clip_indices(num_frames: int, rng: np.random.Generator, *, frames: int
     """``frames`` source indices: a random ``frames*stride`` window, every ``stride``-th frame."""
     _check(num_frames, frames, stride)
     window = frames * stride
-    start = int(rng.integers(0, num_frames - window + 1)) if num_frames >= window else \
-        int(rng.integers(0, num_frames))
+    start = int(rng.integers(0, num_frames - window + 1)) if num_frames >= window else 0
     return (start + stride * np.arange(frames)) % num_frames
 
 
@@ -39,12 +39,14 @@ def train_clip_in_rows(lengths: list[int], rng: np.random.Generator, *, frames: 
     the stored frames p, p+P, p+2P, ...; P = len(lengths), 0 for a row a very short video lacks).
     The clip's first stored frame is drawn as ``train_clip_indices`` draws it: uniformly over the
     starts whose ``frames * P`` window fits, so the clip is ``frames`` consecutive entries of one
-    row; a video shorter than the window starts anywhere and its clip loops within its row."""
+    row; a video shorter than the window starts at its first frame, as ``train_clip_indices``, and
+    its clip loops within that row (docs/protocol.md: where that differs from the source frames'
+    loop)."""
     num_phases, n = len(lengths), sum(lengths)
     if n < 1 or frames < 1:
         raise ValueError(f"a video needs stored frames and clips frames, got lengths {lengths}, frames {frames}")
     window = frames * num_phases
-    start = int(rng.integers(0, n - window + 1)) if n >= window else int(rng.integers(0, n))
+    start = int(rng.integers(0, n - window + 1)) if n >= window else 0
     phase = start % num_phases
     return phase, (start // num_phases + np.arange(frames)) % lengths[phase]
 

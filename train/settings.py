@@ -119,6 +119,9 @@ class TrainerConfig:
     keep_checkpoints: int = 3  # best by val top-1; the latest is always kept too
     max_failures: int = 3  # worker-group restarts from the latest checkpoint
     test_at_end: bool = True  # run the multi-clip test protocol after the last epoch
+    # Which weights that test scores: the best single-clip validation's (as the authors test their
+    # best_top1_acc checkpoint), or the last epoch's.
+    test_checkpoint: Literal["best", "last"] = "best"
     storage_path: str = os.path.join(HOME, "runs")  # checkpoints: a shared path or s3:// on a cluster
     shared_storage: bool = False  # local paths are on a filesystem every node mounts (NFS, EFS, Lustre)
 

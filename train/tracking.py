@@ -53,10 +53,26 @@ def check_answers(uri: str, timeout: float = 10.0) -> None:
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
     except OSError as e:  # urllib's URLError and HTTPError among them
-        if isinstance(e, urllib.error.HTTPError) and e.code in (401, 403):
-            return  # it answers; the credentials are MLflow's client's business
-        raise ConfigError(f"config key 'tracking.uri': the MLflow server at {uri} does not answer ({e}); start it, "
-                          "or set tracking.uri (or MLFLOW_TRACKING_URI) to one that does") from None
+        if not (isinstance(e, urllib.error.HTTPError) and e.code in (401, 403)):  # those answer
+            raise ConfigError(f"config key 'tracking.uri': the MLflow server at {uri} does not answer ({e}); start "
+                              "it, or set tracking.uri (or MLFLOW_TRACKING_URI) to one that does") from None
+    check_credentials(uri, timeout)
+
+
+def check_credentials(uri: str, timeout: float) -> None:
+    """The MLflow server at ``uri`` takes the credentials MLflow's client sends (MLFLOW_TRACKING_USERNAME
+    and _PASSWORD, or _TOKEN), else a ConfigError; without it, a refused run fails in every worker."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    answer = http_request(creds, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0, timeout=timeout,
+                          raise_on_status=False, params={"max_results": 1})
+    if answer.status_code in (401, 403):
+        sent = f"user {creds.username!r}" if creds.username else "the token" if creds.token else "no credentials"
+        raise ConfigError(f"config key 'tracking.uri': the MLflow server at {uri} refused {sent} "
+                          f"(HTTP {answer.status_code}); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                          "to an account of that server (cluster/README.md, \"MLflow sign-in\")")
 
 
 @functools.lru_cache(maxsize=4)

@@ -77,6 +77,12 @@ def test_the_launcher_config_passes_rays_schema_and_is_safe():
     assert "--dashboard-host=127.0.0.1" in head
     assert "--backend-store-uri" in head and "--artifacts-destination s3://" in head
     assert "--host 0.0.0.0" not in head  # MLflow on the private address only
+    # MLflow signs users in; the admin's password comes from Secrets Manager, on every node.
+    assert "mlflow server --app-name basic-auth" in head
+    assert "MLFLOW_AUTH_CONFIG_PATH=~/cost-on-ray/cluster/mlflow-auth.ini" in head
+    from_secret = 'MLFLOW_TRACKING_PASSWORD="$(aws secretsmanager get-secret-value --secret-id cost/mlflow-admin'
+    assert from_secret in head and from_secret in worker
+    assert 'MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_TRACKING_PASSWORD"' in head
 
 
 def test_gpu_nodes_reach_each_other_over_efa():
@@ -109,8 +115,22 @@ def test_kuberay_manifests_are_complete_and_consistent():
     cpu = groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert int(gpu["nvidia.com/gpu"]) == 8 and "nvidia.com/gpu" not in cpu
     assert int(gpu["vpc.amazonaws.com/efa"]) == 32 and "vpc.amazonaws.com/efa" not in cpu  # EFA on GPU nodes
-    gpu_env = {e["name"]: e["value"] for e in groups["gpu"]["template"]["spec"]["containers"][0]["env"]}
+    gpu_env = {e["name"]: e.get("value") for e in groups["gpu"]["template"]["spec"]["containers"][0]["env"]}
     assert gpu_env["FI_PROVIDER"] == "efa"
+    # MLflow signs users in: the server's admin password, and the one the Ray pods that log send,
+    # come from the Secret mlflow-auth; the server reads the project's auth config from the image.
+    (mlflow_server,) = [c for d in kinds["Deployment"] for c in containers(d) if c["name"] == "mlflow"]
+    assert "mlflow server --app-name basic-auth" in mlflow_server["args"][0]
+    server_env = {e["name"]: e for e in mlflow_server["env"]}
+    assert server_env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-auth"
+    assert server_env["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-auth"
+    workdir = re.search(r"^WORKDIR (\S+)", (CLUSTER / "Dockerfile").read_text(), re.M).group(1)
+    assert server_env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == f"{workdir}/cluster/mlflow-auth.ini"
+    assert (CLUSTER / "mlflow-auth.ini").is_file()
+    for pod in (spec["headGroupSpec"], groups["gpu"]):
+        env = {e["name"]: e for e in pod["template"]["spec"]["containers"][0]["env"]}
+        secret = env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "mlflow-auth", "key": "password"}
     for g in groups.values():
         assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
     images = {c["image"] for kind in kinds.values() for d in kind for c in containers(d)}
@@ -122,10 +142,11 @@ def test_kuberay_manifests_are_complete_and_consistent():
 
 
 def test_no_secret_values_in_the_cluster_configs():
-    for path in [*CLUSTER.rglob("*.yaml"), CLUSTER / "Dockerfile"]:
+    for path in [*CLUSTER.rglob("*.yaml"), *CLUSTER.rglob("*.ini"), CLUSTER / "Dockerfile"]:
         text = path.read_text()
         assert not re.search(r"AKIA[0-9A-Z]{16}", text), path  # AWS access key IDs
-        assert not re.search(r"(?i)(secret_access_key|password)\s*[:=]\s*\S", text), path
+        # A value given in place, not read from a secret store ("$(aws secretsmanager ...)", "$VAR").
+        assert not re.search(r"(?i)(secret_access_key|password|secret_key)\s*[:=]\s*(?![\"']?\$)\S", text), path
         assert not re.search(r"postgres(ql)?(\+\w+)?://\w+:[^@\s]+@", text), path  # a URL with a password
 
 

@@ -2,7 +2,8 @@
 127.0.0.1 (token auth on), PostgreSQL, moto and an MLflow server (PostgreSQL backend, S3
 artifacts). prepare, train/main.py and results/compare.py run as users run them, with the store
 and checkpoints on S3; the workers spread over both nodes, a lost node is survived from the
-checkpoint, and no credential reaches MLflow. The node-killing test runs last: the cluster has one node after it."""
+checkpoint, MLflow refuses a client that does not sign in, and no credential reaches
+MLflow. The node-killing test runs last: the cluster has one node after it."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def cluster(tmp_path_factory):
         state = local.up(root / "c", workers=1, head_cpus=3, worker_cpus=2)
         try:
             state["env"] = local.client_env(state)
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # this module's own clients
+                mp.setenv(key, state["env"][key])
             state["root"], state["nodes"] = root, nodes(state)
             yield state
         finally:
@@ -104,6 +107,30 @@ def test_ray_refuses_a_client_without_the_token(cluster):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{cluster['ray_dashboard']}/api/v0/nodes", timeout=10)
     assert e.value.code == 401
+
+
+def test_mlflow_refuses_a_client_without_its_sign_in(cluster, store):
+    search = f"{cluster['mlflow']}/api/2.0/mlflow/experiments/search?max_results=1"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(search, timeout=10)
+    assert e.value.code == 401
+    # A training run without the password, or with a wrong one: one line before Ray starts.
+    for password in (None, "wrong-password-123"):
+        env = {**os.environ, **cluster["env"], "PYTHONPATH": str(ROOT)}
+        env.pop("MLFLOW_TRACKING_PASSWORD")
+        env.pop("MLFLOW_TRACKING_USERNAME")
+        if password:
+            env.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password)
+        done = subprocess.run([sys.executable, *train_args(cluster, store, "no-sign-in")], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr[-3000:]
+        (line,) = done.stderr.strip().splitlines()
+        sent = "user 'admin'" if password else "no credentials"
+        assert f"the MLflow server at {cluster['mlflow']} refused {sent} (HTTP 401)" in line
+        assert "MLFLOW_TRACKING_PASSWORD" in line and (password is None or password not in line)
+    # The cluster's jobs sign in with the password the nodes were given (the comparison test below
+    # logs through them); the password file is its owner's alone.
+    assert Path(cluster["mlflow_password"]).stat().st_mode & 0o077 == 0
 
 
 def registered_checkpoint(fs: s3fs.S3FileSystem, run_dir: str) -> bool:
@@ -169,6 +196,9 @@ def test_a_comparison_job_spread_over_both_nodes_survives_losing_one(cluster, st
     # Credentials: not in the run's params or tags, nor in anything the driver printed.
     assert not any(SECRET in v for v in [*found.data.params.values(), *found.data.tags.values()])
     assert SECRET not in text
+    password = Path(cluster["mlflow_password"]).read_text()
+    assert password not in text and not any(password in v for v in [*found.data.params.values(),
+                                                                    *found.data.tags.values()])
     # Then the comparison's report, printed by the job and logged beside its member.
     assert "| CoST(b) |" in text
     client = MlflowClient(uri)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import s3fs
 import simplejpeg
 
 from cluster.local import free_port
@@ -265,7 +266,7 @@ def test_limit_takes_the_first_videos_of_each_split(kinetics, tmp_path, ray_clus
     assert handled == 6
 
 
-@pytest.mark.parametrize("case", ["no credentials", "unreachable endpoint"])
+@pytest.mark.parametrize("case", ["no credentials", "unreachable endpoint", "missing bucket"])
 def test_a_store_that_cannot_be_reached_is_one_line(case, kinetics, s3_server, tmp_path):
     """Before any work: one line naming what is wrong and what to do, exit 1, no traceback; --verbose
     keeps the traceback."""
@@ -275,14 +276,18 @@ def test_a_store_that_cannot_be_reached_is_one_line(case, kinetics, s3_server, t
         none = str(tmp_path / "none")
         env = {k: v for k, v in env.items() if not k.startswith("AWS_")} | {"AWS_CONFIG_FILE": none,
                                                                             "AWS_SHARED_CREDENTIALS_FILE": none}
-    else:
+    elif case == "unreachable endpoint":
         endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    bucket = "no-such-bucket" if case == "missing bucket" else s3_server.bucket
     cmd = [sys.executable, PREPARE, "--dataset", "kinetics", "--root", str(kinetics),
-           "--out", f"s3://{s3_server.bucket}/unreached", "--s3-endpoint", endpoint]
+           "--out", f"s3://{bucket}/unreached", "--s3-endpoint", endpoint]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     (line,) = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == 1 and line.startswith("prepare: ")
-    assert ("no AWS credentials found" if case == "no credentials" else "cannot reach http://127.0.0.1") in line
+    assert {"no credentials": "no AWS credentials found", "unreachable endpoint": "cannot reach http://127.0.0.1",
+            "missing bucket": "the S3 bucket 'no-such-bucket' does not exist: check its name"}[case] in line
+    if case == "missing bucket":  # a mistyped bucket is not created
+        assert not s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}).exists("no-such-bucket")
     if case == "no credentials":  # (the endpoint's retries take seconds: once is enough)
         verbose = subprocess.run([*cmd, "--verbose"], env=env, capture_output=True, text=True, timeout=300)
         assert verbose.returncode == 1 and "Traceback" in verbose.stderr
@@ -305,6 +310,22 @@ def test_two_prepares_into_one_store_at_once_end_in_one_complete_store(kinetics,
     quarantined = [sorted((r["video_id"], r["reason"]) for r in s.quarantine().to_pylist()) for s in (shared, alone)]
     assert quarantined[0] == quarantined[1] != []  # (their details carry decord's clock)
     assert not list((tmp_path / "shared").rglob("*.tmp-*"))
+
+
+def test_a_place_without_permission_is_one_line(kinetics, tmp_path, ray_cluster):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    # Root passes any mode bits, but not an immutable folder; others are refused by the mode.
+    lock, unlock = (["chattr", "+i"], ["chattr", "-i"]) if os.geteuid() == 0 else (["chmod", "500"], ["chmod", "700"])
+    if subprocess.run([*lock, str(locked)], capture_output=True).returncode:
+        pytest.skip("this machine cannot lock a folder here (chattr needs an ext or xfs filesystem)")
+    try:
+        with pytest.raises(SystemExit) as e:
+            prepare(["--dataset", "kinetics", "--root", str(kinetics), "--out", str(locked / "store")])
+        assert e.value.code == (f"prepare: permission denied: {locked / 'store'}: give this user (or these AWS "
+                                "credentials) access, or choose another path")
+    finally:
+        subprocess.run([*unlock, str(locked)], check=True)
 
 
 def test_a_full_disk_is_one_line_and_the_same_command_then_finishes(kinetics, tmp_path, ray_cluster):

@@ -16,12 +16,13 @@ from train.plots import write_csv
 def log_run(client: MlflowClient, exp: str, name: str, *, arch: str, seed: int = 0, metrics: dict,
             dataset: str = "kinetics", classes: str = "400", depth: str = "50", frames: int = 8,
             status: str = "FINISHED", mode: str = "train", lr: str = "0.005", speed=(40.0, 100.0, 110.0),
-            protocol: str = "full", shared: str = "True") -> str:
+            protocol: str = "full", shared: str = "True", tested: str = "best") -> str:
     run = client.create_run(exp, run_name=name, tags={"mode": mode, "arch": arch, "dataset": dataset,
                                                       "classes": classes, "hardware": "8 x GPU"})
     params = {"name": name, "model.arch": arch, "model.depth": depth, "model.blocks": "None", "model.width": "64",
               "data.frames": str(frames), "trainer.seed": str(seed), "optim.lr": lr, "data.test_clips": "10",
-              "data.test_protocol": protocol, "data.eval_short_side": "256", "model.cost_shared": shared}
+              "data.test_protocol": protocol, "data.eval_short_side": "256", "model.cost_shared": shared,
+              "trainer.test_checkpoint": tested}
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()],
                      metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()] +
                      [Metric("clips_per_s", v, 0, i) for i, v in enumerate(speed)])
@@ -44,7 +45,7 @@ def experiment(mlflow_server) -> tuple[MlflowClient, str, str]:
 def test_report_groups_runs_beside_the_papers_numbers(experiment, mlflow_server, tmp_path, capsys):
     client, name, exp = experiment
     log_run(client, exp, "k400-c2d-s0", arch="c2d", seed=0, metrics=accuracy(0.70, 0.89))
-    log_run(client, exp, "k400-c2d-s1", arch="c2d", seed=1, metrics=accuracy(0.72, 0.91))
+    log_run(client, exp, "k400-c2d-s1", arch="c2d", seed=1, metrics=accuracy(0.72, 0.91), tested="last")
     cost = log_run(client, exp, "k400-cost_b", arch="cost_b", metrics=accuracy(0.74, 0.92))
     log_run(client, exp, "k400-cost_b-3crop", arch="cost_b", metrics=accuracy(0.75, 0.93), protocol="three_crop")
     log_run(client, exp, "k400-cost_b-unshared", arch="cost_b", metrics=accuracy(0.73, 0.90), shared="False")
@@ -78,9 +79,10 @@ def test_report_groups_runs_beside_the_papers_numbers(experiment, mlflow_server,
     assert rows[1]["paper_source"] == "Tables 2, 3 and 5" and rows[3]["paper_top1"] == "73.2"  # Table 3: unshared
     assert rows[2]["paper_top1"] == ""  # tested otherwise than the paper: no paper numbers beside it
     printed = capsys.readouterr().out
-    assert ("| kinetics400 | R50 | C2D | 8 | 10 x full @ 256 | 2 | 24.3 | 39 | 100.0 | 66.0 ± 1.4 | 85.0 ± 1.4 | "
-            "71.0 ± 1.4 | 90.0 ± 1.4 | 71.5 | 89.8 |") in printed
-    assert "| kinetics400 | R50 | CoST(b) unshared | 8 | 10 x full @ 256 | 1 |" in printed
+    assert ("| kinetics400 | R50 | C2D | 8 | 10 x full @ 256, best/last | 2 | 24.3 | 39 | 100.0 | 66.0 ± 1.4 | "
+            "85.0 ± 1.4 | 71.0 ± 1.4 | 90.0 ± 1.4 | 71.5 | 89.8 |") in printed
+    assert "| kinetics400 | R50 | CoST(b) unshared | 8 | 10 x full @ 256, best | 1 |" in printed
+    assert "its runs differ in trainer.test_checkpoint" in printed
     assert "view shares over 1 CoST layers: H-W 0.50, T-W 0.30, T-H 0.20 (temporal 0.50)" in printed
     assert "classes by temporal share: dancing 0.60, reading 0.30" in printed
 

@@ -19,6 +19,11 @@ def test_train_view_follows_the_scale_and_crop_ranges():
     assert max(v.left for v in views) > 140 and min(v.left for v in views) < 10  # crops spread over the frame
     assert 0.45 < np.mean([v.flip for v in views]) < 0.55
     assert not any(train_view(rng, h, w, flip=False).flip for _ in range(100))  # data.flip=false
+    # The short side is a whole number of pixels, both ends included: on a frame this large each
+    # one gives a crop of its own.
+    big = 20000
+    drawn = {train_view(rng, big, big, short_side=(256, 320), crop=224).height for _ in range(2000)}
+    assert drawn == {round(224 * big / s) for s in range(256, 321)}
 
 
 def test_eval_views_of_each_test_protocol():

@@ -185,3 +185,42 @@ def test_gradients_cross_the_group_as_bf16_and_average_as_fp32_would(tmp_path):
         assert torch.equal(a, b) and a.dtype == torch.float32
         assert (a - fp32).abs().max() <= 2e-2 * fp32.abs().max()  # bf16: 8 bits of mantissa, ~0.4%
     assert any(not torch.equal(a, fp32) for a, fp32 in zip(ranks[0]["got"], ranks[0]["fp32"], strict=True))
+
+
+def _ddp_step_warnings(rank: int, store: str, out: str) -> None:
+    """A channels-last training step of every architecture in DDP (a group of one process, gloo);
+    the warnings it raised, to ``out``. In a fresh process: torch gives DDP's warning once per process."""
+    import warnings
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    step = Step("cpu", mean=(0.5,) * 3, std=(0.2,) * 3, channels_last=True)
+    clips, labels = torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8), torch.tensor([0, 1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for arch in ("c2d", "c3d", "cost_a", "cost_b"):
+            model = step.place(build_model(arch, num_classes=2, blocks=(1, 1, 1, 1), width=8))
+            net = nn.parallel.DistributedDataParallel(model)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            step(net, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), clips, labels)
+    Path(out).write_text("\n".join(str(w.message) for w in caught))
+    dist.destroy_process_group()
+
+
+def test_channels_last_gradients_fit_ddps_buckets(tmp_path):
+    """Every weight's gradient comes back in the weight's own strides (1x1x1 kernels included, whose
+    layout is ambiguous), so DDP copies none and does not warn "Grad strides do not match"."""
+    import torch.multiprocessing as mp
+
+    step = Step("cpu", mean=(0.5,) * 3, std=(0.2,) * 3, channels_last=True)
+    model = step.place(build_model("c2d", num_classes=2, blocks=(1, 1, 1, 1), width=8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+         torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8), torch.tensor([0, 1]))
+    assert model.layer1[0].conv1.weight.shape[2:] == (1, 1, 1)
+    assert [n for n, p in model.named_parameters() if p.grad.stride() != p.stride()] == []
+
+    mp.start_processes(_ddp_step_warnings, args=(str(tmp_path / "store"), str(tmp_path / "warnings")), nprocs=1,
+                       start_method="spawn")
+    assert "Grad strides" not in (tmp_path / "warnings").read_text()

@@ -103,10 +103,15 @@ def test_ddp_training_learns_is_tracked_and_recovers_a_killed_worker(store, mlfl
     model = mlflow.pytorch.load_model(f"runs:/{rid}/model")
     assert model(torch.zeros(2, 3, 4, 48, 48)).shape == (2, 4)
 
-    assert Path(run.data.tags["best_checkpoint"], "state.pt").is_file()
-    # The test protocol again from the last checkpoint alone, on one worker: the same per-video scores.
-    last = sorted((tmp_path / "runs" / "learn").glob("checkpoint_2*"))[-1]
-    assert main(["--eval-only", "--checkpoint", str(last), f"tracking.uri={mlflow_server}",
+    best = run.data.tags["best_checkpoint"]
+    assert Path(best, "state.pt").is_file()
+    # The test scored the best validation's checkpoint (a later tie wins), and named it.
+    val = history(mlflow_server, rid, "val_top1")
+    epoch = max(range(len(val)), key=lambda i: (val[i][1], i)) + 1
+    assert run.data.tags["tested_checkpoint"].startswith(f"the best checkpoint (epoch {epoch}, ")
+    assert epoch == 4 or run.data.tags["tested_checkpoint"].endswith(best)
+    # The test protocol again from that checkpoint alone, on one worker: the same per-video scores.
+    assert main(["--eval-only", "--checkpoint", best, f"tracking.uri={mlflow_server}",
                  "tracking.experiment=tests", "trainer.num_workers=1",
                  f"trainer.storage_path={tmp_path / 'runs'}"]) == 0
     exp = client.get_experiment_by_name("tests")
@@ -230,3 +235,21 @@ def test_a_kinetics_store_without_weights_is_refused_before_ray_starts(store, ml
     with pytest.raises(RayStarted):  # on purpose, it passes every check
         main(args(kinetics, mlflow_server, tmp_path, "data.clips_per_video=1", "trainer.batch_size=2",
                   "model.pretrained=none"))
+
+
+@pytest.mark.slow
+def test_a_store_gone_after_the_checks_ends_the_run_in_one_line(store, mlflow_server, tmp_path, capsys, runs):
+    """The store's shards removed after train/main.py checked it (as if deleted while the run read
+    it): the workers' reads fail, and the run ends in one line naming the file, exit status 1."""
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    for shard in copy.glob("train/*.parquet"):
+        shard.unlink()
+    with pytest.raises(SystemExit) as e:
+        main(args(str(copy), mlflow_server, tmp_path, "name=gone", "trainer.max_failures=0"))
+    line = str(e.value.code)
+    assert line.startswith("train: ") and "a file the run reads was removed or moved while it ran" in line
+    assert str(copy / "train") in line and "\n" not in line
+    assert runs.named(mlflow_server, "tests", "gone").info.status == "FAILED"

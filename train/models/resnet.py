@@ -238,8 +238,13 @@ def build_model(arch: str, *, depth: int = 50, num_classes: int = 400, **kwargs)
 def to_channels_last(model: nn.Module) -> nn.Module:
     """``model`` with its 5-D weights (Conv3d) in channels-last-3d memory, in place. torch's
     ``model.to(memory_format=torch.channels_last_3d)`` raises on any 4-D weight, and CoST's shared
-    3x3 kernel is one; it stays as it is (the op reshapes it per view anyway)."""
+    3x3 kernel is one; it stays as it is (the op reshapes it per view anyway).
+
+    Copied rather than ``.contiguous(memory_format=...)``: a 1x1x1 kernel is contiguous in both
+    layouts, so that call would keep its row-major strides, while its gradient comes back with
+    channels-last ones; DDP then warns "Grad strides do not match bucket view strides" and copies
+    each such gradient into its bucket at every step."""
     for param in model.parameters():
         if param.dim() == 5:
-            param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
+            param.data = torch.empty_like(param.data, memory_format=torch.channels_last_3d).copy_(param.data)
     return model
