@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.storage import filesystem, read_bytes
+from pipeline.storage import filesystem, is_node_local, read_bytes
 from train.config import from_dict
 from train.models import VideoResNet, build_model
 from train.settings import ModelConfig, TrainConfig
@@ -91,6 +91,13 @@ def newest_loadable(fs, latest: str, say) -> tuple[dict, str]:
             say(f"checkpoint {path} does not load ({str(e).splitlines()[0]}); its {STATE_FILE} is kept "
                 f"as {STATE_FILE}.damaged, and the run goes on from the one before")
     raise CheckpointError(f"no checkpoint of the run in {parent} loads; start the run again under another name")
+
+
+def checkpoint_url(storage_path: str, path: str) -> str:
+    """A checkpoint's URL from its path on Ray Train's storage filesystem, which for an object store
+    lacks the scheme (``bucket/runs/...``) that a later read (analyze, predict, --eval-only) needs."""
+    scheme = "" if is_node_local(storage_path) else storage_path.partition("://")[0]
+    return f"{scheme}://{path}" if scheme else path
 
 
 def read_weights(url: str, storage_options: dict | None = None) -> dict:

@@ -37,6 +37,7 @@ from pipeline.store import Store
 from train import tracking
 from train.checkpoints import (
     CheckpointError,
+    checkpoint_url,
     load_state,
     make_model,
     newest_loadable,
@@ -150,10 +151,12 @@ class Worker:
 
     def report(self, ts: TrainState, checkpoint: bool, validated: bool = False, extra: dict | None = None) -> None:
         """``ray.train.report`` from every rank; with ``checkpoint``, rank 0 attaches the training state.
-        Only ``validated`` weights carry a val_top1 (else -1), so that Ray Train keeps and ranks
-        (``keep_checkpoints``, the best checkpoint) the weights that were validated."""
-        metrics = {"epoch": ts.epoch, "step": ts.step, "val_top1": ts.val["val_top1"] if validated else -1.0,
-                   **(extra or {})}
+        Only ``validated`` weights carry a val_top1 (else -1). Ray Train keeps (``keep_checkpoints``)
+        and ranks checkpoints by ``checkpoint_score``: val_top1, less a trace per step, so that of
+        equal ones the earlier ranks first, as ``end_epoch`` and the authors' code choose the best."""
+        top1 = ts.val["val_top1"] if validated else -1.0
+        metrics = {"epoch": ts.epoch, "step": ts.step, "val_top1": top1,
+                   "checkpoint_score": top1 - 1e-9 * ts.step if validated else -1.0, **(extra or {})}
         if not (checkpoint and self.rank == 0):
             ray.train.report(metrics)
             return
@@ -366,9 +369,7 @@ def end_epoch(w: Worker, ts: TrainState, losses: list[torch.Tensor], seconds: fl
         metrics.update(ts.val)
         text += (f", val top-1 {ts.val['val_top1']:.4f} top-5 {ts.val['val_top5']:.4f} "
                  f"loss {ts.val['val_loss']:.4f} ({len(scores.labels)} videos)")
-        # >=: a later tie wins, as Ray Train ranks checkpoints, so that the tested model is the one
-        # tagged best_checkpoint and logged to MLflow.
-        if ts.val["val_top1"] >= ts.best.get("val_top1", -1.0):
+        if ts.val["val_top1"] > ts.best.get("val_top1", -1.0):  # a later equal one is not better
             ts.best = {"val_top1": ts.val["val_top1"], "epoch": ts.epoch, "step": ts.step}
     w.log(metrics, ts.step)
     w.say(text)
@@ -396,7 +397,7 @@ def weights_to_test(w: Worker, ts: TrainState) -> str:
     if box[0] is None:
         return last
     ts.model.load_state_dict(box[0])
-    return f"{label} {best['path']}"
+    return f"{label} {checkpoint_url(w.cfg.trainer.storage_path, best['path'])}"
 
 
 def mean_over_workers(value: torch.Tensor, world: int) -> float:

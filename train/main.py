@@ -110,17 +110,10 @@ def run_config(cfg: TrainConfig, name: str, verbose: bool):
         name=name, storage_path=path, storage_filesystem=fs,
         failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints,
-                                                     checkpoint_score_attribute="val_top1",
+                                                     checkpoint_score_attribute="checkpoint_score",
                                                      checkpoint_score_order="max"),
         logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         worker_runtime_env={} if verbose else {"env_vars": {"RAY_DATA_LOG_LEVEL": "ERROR"}})
-
-
-def checkpoint_url(storage_path: str, path: str) -> str:
-    """A checkpoint's URL from its path on the storage filesystem, which for an object store lacks
-    the scheme (``bucket/runs/...``) that a later read (analyze, predict, --eval-only) needs."""
-    scheme = "" if is_node_local(storage_path) else storage_path.partition("://")[0]
-    return f"{scheme}://{path}" if scheme else path
 
 
 def log_complexity(uri: str, run_id: str, cfg: TrainConfig, num_classes: int) -> None:
@@ -224,7 +217,9 @@ def fit(args: argparse.Namespace, cfg: TrainConfig, name: str, ctx) -> str:  # c
     if epoch < t.epochs:
         print(f"[train] stopped after epoch {epoch} of {t.epochs}; run again with name={name} to continue")
         return "KILLED"
-    best = result.get_best_checkpoint("val_top1", "max") or result.checkpoint
+    best = result.get_best_checkpoint("checkpoint_score", "max") or result.checkpoint
+    from train.checkpoints import checkpoint_url
+
     url = checkpoint_url(t.storage_path, best.path)
     tracking.client(ctx.tracking_uri).set_tag(ctx.run_id, "best_checkpoint", url)
     if cfg.tracking.log_model:

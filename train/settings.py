@@ -28,8 +28,9 @@ class DataConfig:
     val_split: str = "val"
     test_split: str | None = None  # the multi-clip test protocol's split (default: val_split)
     frames: int = 8  # frames per clip
-    stride: int = 8  # source frames between clip frames; the store must be prepared with this --stride
-    train_short_side: tuple[int, int] = (256, 320)  # short side drawn uniformly from this range
+    # Source frames between clip frames: null takes the store's (prepare --stride); a number must match it.
+    stride: int | None = None
+    train_short_side: tuple[int, int] = (256, 320)  # short side: a whole number of pixels drawn from this range
     eval_short_side: int = 256
     crop: int = 224
     flip: bool = True  # random horizontal flips in training; off where a mirror image is another class
@@ -175,7 +176,7 @@ def absolute_paths(cfg: TrainConfig) -> None:
 def value_ranges(cfg: TrainConfig) -> dict[str, tuple[object, bool, str]]:
     """Every key with a range of its own: key -> (value, whether it holds, the range in words)."""
     d, t, o, m = cfg.data, cfg.trainer, cfg.optim, cfg.model
-    positive = {"data.frames": d.frames, "data.stride": d.stride, "data.crop": d.crop,
+    positive = {"data.frames": d.frames, "data.stride": d.stride or 1, "data.crop": d.crop,
                 "data.eval_short_side": d.eval_short_side, "data.test_clips": d.test_clips,
                 "data.clips_per_video": d.clips_per_video, "model.width": m.width,
                 "data.rows_per_task": d.rows_per_task, "trainer.epochs": t.epochs,
@@ -234,9 +235,12 @@ def check_values(cfg: TrainConfig) -> None:
 
 
 def check_against_store(cfg: TrainConfig, store) -> None:  # store: pipeline.store.Store
-    """The store holds the splits, the stride and the frame size this config asks for."""
+    """The store holds the splits, the stride and the frame size this config asks for; a config
+    without ``data.stride`` takes the store's (the store is the one source of it)."""
     params = store.manifest["params"]
     d = cfg.data
+    if d.stride is None:
+        d.stride = params["stride"]
     if d.stride != params["stride"]:
         raise ConfigError(f"config key 'data.stride' is {d.stride} but the store {store.url} was prepared with "
                           f"--stride {params['stride']} (its rows group frames by that stride): set "

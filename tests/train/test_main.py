@@ -105,9 +105,9 @@ def test_ddp_training_learns_is_tracked_and_recovers_a_killed_worker(store, mlfl
 
     best = run.data.tags["best_checkpoint"]
     assert Path(best, "state.pt").is_file()
-    # The test scored the best validation's checkpoint (a later tie wins), and named it.
-    val = history(mlflow_server, rid, "val_top1")
-    epoch = max(range(len(val)), key=lambda i: (val[i][1], i)) + 1
+    # The test scored the best validation's checkpoint (the first of equal ones), and named it.
+    val = [v for _, v in history(mlflow_server, rid, "val_top1")]
+    epoch = val.index(max(val)) + 1
     assert run.data.tags["tested_checkpoint"].startswith(f"the best checkpoint (epoch {epoch}, ")
     assert epoch == 4 or run.data.tags["tested_checkpoint"].endswith(best)
     # The test protocol again from that checkpoint alone, on one worker: the same per-video scores.
@@ -248,8 +248,16 @@ def test_a_store_gone_after_the_checks_ends_the_run_in_one_line(store, mlflow_se
     for shard in copy.glob("train/*.parquet"):
         shard.unlink()
     with pytest.raises(SystemExit) as e:
-        main(args(str(copy), mlflow_server, tmp_path, "name=gone", "trainer.max_failures=0"))
+        main(args(str(copy), mlflow_server, tmp_path, "name=gone", "trainer.max_failures=0", "trainer.num_workers=1"))
     line = str(e.value.code)
     assert line.startswith("train: ") and "a file the run reads was removed or moved while it ran" in line
     assert str(copy / "train") in line and "\n" not in line
     assert runs.named(mlflow_server, "tests", "gone").info.status == "FAILED"
+
+
+def test_the_stride_comes_from_the_store_unless_the_config_names_one(store, mlflow_server, tmp_path):
+    """The store is the one source of its stride: the demo's config names none, and takes this
+    store's 8 (what MLflow then records); a config naming another is refused (the bad-config test)."""
+    plain = [a for a in args(store, mlflow_server, tmp_path) if not a.startswith("data.stride=")]
+    cfg = train.main.checked(train.main.parse_args(plain))[0]
+    assert cfg.data.stride == Store(store).manifest["params"]["stride"] == 8
