@@ -177,6 +177,9 @@ def storage_problem(e: BaseException) -> str | None:
         if error.get("Code") == "NoSuchBucket":
             return (f"the S3 bucket {error.get('BucketName', '')!r} does not exist: check its name, or create it "
                     "(`aws s3 mb s3://NAME`); nothing creates a bucket by itself")
+        if str(error.get("Code", "")).isdigit():  # S3 names its errors; a bare HTTP status is another server
+            return (f"the S3 endpoint answered HTTP {error['Code']} ({error.get('Message', '')}), not as an S3 server "
+                    "does: check the endpoint (--s3-endpoint, data.s3_endpoint, COST_S3_ENDPOINT)")
         if name == "NoCredentialsError":
             return ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or "
                     "give the machine an instance role)")

@@ -266,8 +266,8 @@ def test_limit_takes_the_first_videos_of_each_split(kinetics, tmp_path, ray_clus
     assert handled == 6
 
 
-@pytest.mark.parametrize("case", ["no credentials", "unreachable endpoint", "missing bucket"])
-def test_a_store_that_cannot_be_reached_is_one_line(case, kinetics, s3_server, tmp_path):
+@pytest.mark.parametrize("case", ["no credentials", "unreachable endpoint", "missing bucket", "not an S3 endpoint"])
+def test_a_store_that_cannot_be_reached_is_one_line(case, kinetics, s3_server, mlflow_server, tmp_path):
     """Before any work: one line naming what is wrong and what to do, exit 1, no traceback; --verbose
     keeps the traceback."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -278,6 +278,8 @@ def test_a_store_that_cannot_be_reached_is_one_line(case, kinetics, s3_server, t
                                                                             "AWS_SHARED_CREDENTIALS_FILE": none}
     elif case == "unreachable endpoint":
         endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    elif case == "not an S3 endpoint":
+        endpoint = mlflow_server  # an HTTP server of another kind
     bucket = "no-such-bucket" if case == "missing bucket" else s3_server.bucket
     cmd = [sys.executable, PREPARE, "--dataset", "kinetics", "--root", str(kinetics),
            "--out", f"s3://{bucket}/unreached", "--s3-endpoint", endpoint]
@@ -285,7 +287,8 @@ def test_a_store_that_cannot_be_reached_is_one_line(case, kinetics, s3_server, t
     (line,) = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == 1 and line.startswith("prepare: ")
     assert {"no credentials": "no AWS credentials found", "unreachable endpoint": "cannot reach http://127.0.0.1",
-            "missing bucket": "the S3 bucket 'no-such-bucket' does not exist: check its name"}[case] in line
+            "missing bucket": "the S3 bucket 'no-such-bucket' does not exist: check its name",
+            "not an S3 endpoint": "not as an S3 server does: check the endpoint"}[case] in line
     if case == "missing bucket":  # a mistyped bucket is not created
         assert not s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}).exists("no-such-bucket")
     if case == "no credentials":  # (the endpoint's retries take seconds: once is enough)

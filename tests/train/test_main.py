@@ -248,7 +248,7 @@ def test_a_store_gone_after_the_checks_ends_the_run_in_one_line(store, mlflow_se
     for shard in copy.glob("train/*.parquet"):
         shard.unlink()
     with pytest.raises(SystemExit) as e:
-        main(args(str(copy), mlflow_server, tmp_path, "name=gone", "trainer.max_failures=0", "trainer.num_workers=1"))
+        main(args(str(copy), mlflow_server, tmp_path, "name=gone", "trainer.max_failures=0"))
     line = str(e.value.code)
     assert line.startswith("train: ") and "a file the run reads was removed or moved while it ran" in line
     assert str(copy / "train") in line and "\n" not in line
