@@ -28,6 +28,7 @@ QUIET = {"ray._private.authentication": logging.ERROR, "ray.data._internal.progr
          "ray.data.exceptions": logging.CRITICAL,  # "Exception occurred in ...", "Full stack trace"
          "ray.train.v2._internal.util": logging.CRITICAL}  # "Error in training function"
 
+
 def quiet_ray_logs() -> None:
     """Leave QUIET's lines out of this process's console (a driver, or a Ray Train worker, whose
     Ray Data executions log there)."""

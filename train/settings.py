@@ -176,7 +176,7 @@ def absolute_paths(cfg: TrainConfig) -> None:
 def value_ranges(cfg: TrainConfig) -> dict[str, tuple[object, bool, str]]:
     """Every key with a range of its own: key -> (value, whether it holds, the range in words)."""
     d, t, o, m = cfg.data, cfg.trainer, cfg.optim, cfg.model
-    positive = {"data.frames": d.frames, "data.stride": d.stride or 1, "data.crop": d.crop,
+    positive = {"data.frames": d.frames, "data.crop": d.crop,
                 "data.eval_short_side": d.eval_short_side, "data.test_clips": d.test_clips,
                 "data.clips_per_video": d.clips_per_video, "model.width": m.width,
                 "data.rows_per_task": d.rows_per_task, "trainer.epochs": t.epochs,
@@ -186,6 +186,7 @@ def value_ranges(cfg: TrainConfig) -> dict[str, tuple[object, bool, str]]:
                 "trainer.keep_checkpoints": t.keep_checkpoints, "optim.lr_batch": o.lr_batch}
     ranges = {key: (value, value >= 1, ">= 1") for key, value in positive.items()}
     return ranges | {
+        "data.stride": (d.stride, d.stride is None or d.stride >= 1, ">= 1, or null for the store's"),
         "optim.lr": (o.lr, o.lr > 0, "> 0"),
         "optim.momentum": (o.momentum, 0 <= o.momentum < 1, "in [0, 1)"),
         "optim.weight_decay": (o.weight_decay, o.weight_decay >= 0, ">= 0"),

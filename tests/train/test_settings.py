@@ -55,7 +55,8 @@ def test_config_loads_and_checks(path):
                                       "model.pool1_stride_s=3", "optim.lr=0", "optim.momentum=1",
                                       "optim.weight_decay=-1e-4", "optim.gamma=0", "optim.warmup_epochs=100",
                                       "optim.clip_grad=0", "model.dropout=1", "model.width=0", "model.blocks=[1, 1]",
-                                      "model.blocks=[1, 0, 1, 1]", "data.std=[0.2, 0, 0.2]", "trainer.bucket_mb=0"])
+                                      "model.blocks=[1, 0, 1, 1]", "data.std=[0.2, 0, 0.2]", "trainer.bucket_mb=0",
+                                      "data.stride=0"])
 def test_value_checks_name_the_key(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"'{key}'"):
