@@ -267,13 +267,15 @@ def finalize(out: str, shards: list[ShardSpec], items: list[VideoItem], index: D
     splits: dict[str, dict] = {}
     for s in shards:
         summary = summaries[names[s.url]]
-        entry = splits.setdefault(s.split, dict(videos=0, rows=0, frames=0, bytes=0, shards=[], per_class={}))
+        entry = splits.setdefault(s.split, dict(videos=0, rows=0, frames=0, bytes=0, shards=[], shard_bytes=[],
+                                                per_class={}))
         for label, n in summary["per_class"].items():
             entry["per_class"][label] = entry["per_class"].get(label, 0) + n
             entry["videos"] += n
         for key in ("rows", "frames", "bytes"):
             entry[key] += summary[key]
         entry["shards"].append(names[s.url])
+        entry["shard_bytes"].append(summary["bytes"])  # a reader tells a shard written since by its size
     manifest = dict(plan, classes=index.classes, splits=splits, code_version=code_version(),
                     quarantined=dict(Counter(quarantine.column("reason").to_pylist())),
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

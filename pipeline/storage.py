@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import re
@@ -78,16 +79,41 @@ def arrow_filesystem(url: str, options: dict | None = None):  # -> (pyarrow.fs.F
     return PyFileSystem(FSSpecHandler(fs)), path
 
 
+@contextlib.contextmanager
+def naming(url: str) -> Iterator[None]:
+    """An OSError in the block that names no file names ``url``: s3fs's PermissionError("Forbidden")
+    and a full disk under a library's writes say nothing of where, and a user must know."""
+    try:
+        yield
+    except OSError as e:
+        code = errno.EACCES if e.errno is None and isinstance(e, PermissionError) else e.errno  # s3fs's has none
+        if e.filename or code is None:
+            raise
+        raise type(e)(code, e.strerror or str(e), url) from e
+
+
+def names_its_url(f: Callable) -> Callable:
+    """``f(url, ...)`` whose errors name ``url`` (``naming``)."""
+    @functools.wraps(f)
+    def named(url: str, *args, **kwargs):
+        with naming(url):
+            return f(url, *args, **kwargs)
+    return named
+
+
+@names_its_url
 def exists(url: str, options: dict | None = None) -> bool:
     fs, path = filesystem(url, options)
     return fs.exists(path)
 
 
+@names_its_url
 def size(url: str, options: dict | None = None) -> int:
     fs, path = filesystem(url, options)
     return fs.size(path)
 
 
+@names_its_url
 def listing(url: str, options: dict | None = None) -> list[str]:
     """The names directly under the folder ``url``; empty where there is no such folder."""
     fs, path = filesystem(url, options)
@@ -97,12 +123,14 @@ def listing(url: str, options: dict | None = None) -> list[str]:
         return []
 
 
+@names_its_url
 def read_bytes(url: str, options: dict | None = None) -> bytes:
     fs, path = filesystem(url, options)
     with fs.open(path, "rb") as f:
         return f.read()
 
 
+@names_its_url
 def open_ranged(url: str, options: dict | None = None) -> IO[bytes]:
     """``url`` opened for reads of a few ranges: an object store is read in exactly the ranges asked
     for (fsspec's default read-ahead would fetch megabytes beyond each one)."""
@@ -118,6 +146,7 @@ def read_json(url: str, options: dict | None = None) -> dict | None:
         return None
 
 
+@names_its_url
 def read_table(url: str, options: dict | None = None, columns: Sequence[str] | None = None,
                filters: list | None = None) -> pa.Table:
     fs, path = filesystem(url, options)
@@ -125,6 +154,7 @@ def read_table(url: str, options: dict | None = None, columns: Sequence[str] | N
         return pq.read_table(f, columns=list(columns) if columns else None, filters=filters)
 
 
+@names_its_url
 def atomic_write(url: str, write: Callable[[IO[bytes]], None], options: dict | None = None) -> int:
     """Call ``write(file)`` so that ``url`` appears whole or not at all; returns its size in bytes.
 
@@ -161,8 +191,8 @@ def storage_problem(e: BaseException) -> str | None:
         # causes do not survive the trip; its traceback, in the message, does.
         trace = str(e) if type(e).__module__.startswith("ray.") else ""
         for code, text in reversed(re.findall(r"\[Errno (\d+)\] ([^\n]*)", trace)):
-            if int(code) in (errno.ENOSPC, errno.EACCES):
-                return storage_problem(OSError(int(code), text))
+            if int(code) in (errno.ENOSPC, errno.EACCES, errno.ESTALE):
+                return storage_problem(OSError(int(code), *re.fullmatch(r"(.*?)(?:: '(.*)')?", text).groups()))
             if int(code) == errno.ENOENT:  # every input was checked before Ray started: it went since
                 return (f"{text.split('. Detail:')[0]}: a file the run reads was removed or moved while it ran (the "
                         "store, or a checkpoint); put it back (or prepare the store again), then run the same "
@@ -177,7 +207,9 @@ def storage_problem(e: BaseException) -> str | None:
         if error.get("Code") == "NoSuchBucket":
             return (f"the S3 bucket {error.get('BucketName', '')!r} does not exist: check its name, or create it "
                     "(`aws s3 mb s3://NAME`); nothing creates a bucket by itself")
-        if str(error.get("Code", "")).isdigit():  # S3 names its errors; a bare HTTP status is another server
+        # S3 names its errors, but for a HEAD request, whose answer has no body: a bare HTTP status to
+        # any other request is another kind of server.
+        if str(error.get("Code", "")).isdigit() and not getattr(e, "operation_name", "").startswith("Head"):
             return (f"the S3 endpoint answered HTTP {error['Code']} ({error.get('Message', '')}), not as an S3 server "
                     "does: check the endpoint (--s3-endpoint, data.s3_endpoint, COST_S3_ENDPOINT)")
         if name == "NoCredentialsError":
@@ -190,6 +222,9 @@ def storage_problem(e: BaseException) -> str | None:
         if isinstance(e, PermissionError):
             return (f"permission denied: {e.filename or str(e).splitlines()[0]}: give this user (or these AWS "
                     "credentials) access, or choose another path")
+        if isinstance(e, OSError) and e.errno == errno.ESTALE:  # pipeline.store.StoreChanged
+            return (f"{e.strerror}: a run reads one store from start to end; train a new run (another name=) on "
+                    "the store as it is now, or put the store back as it was and run the same command")
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return (f"no space left on the device{f' writing {e.filename}' if e.filename else ''}: free space or "
                     "choose another place, then run the same command again (what is written whole is kept)")

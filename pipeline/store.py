@@ -14,14 +14,17 @@ uncompressed (they are compressed already). A shard appears atomically (``storag
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Sequence
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.storage import arrow_filesystem, atomic_write, filesystem, read_json, read_table
+from pipeline.storage import arrow_filesystem, atomic_write, filesystem, open_ranged, read_json, read_table
 
 # v2: one row group per store row, a row directory in each shard's footer, shards of shuffled videos.
 SCHEMA_VERSION = 2
@@ -91,8 +94,26 @@ def shard_directory(shard: pq.ParquetFile) -> list[dict]:
     return [dict(zip(DIRECTORY, r, strict=True)) for r in json.loads(shard.schema_arrow.metadata[DIRECTORY_KEY])]
 
 
+def open_shard(url: str, storage_options: dict | None = None, expected_bytes: int | None = None) -> IO[bytes]:
+    """A shard opened for ranged reads (``storage.open_ranged``). ``expected_bytes``, its size in the
+    manifest that a reader started with: a shard of another size was written since (StoreChanged)."""
+    f = open_ranged(url, storage_options)
+    size = f.seek(0, os.SEEK_END)  # known at open: no request
+    f.seek(0)
+    if expected_bytes is not None and size != expected_bytes:
+        f.close()
+        raise StoreChanged(errno.ESTALE, f"{url} is {size} bytes, not the {expected_bytes} of the store's "
+                                         "manifest when the run started: the store was prepared again since")
+    return f
+
+
 class StoreError(ValueError):
     """The store is missing, incomplete or asked for something it does not hold."""
+
+
+class StoreChanged(OSError):
+    """A shard is not the one the store's manifest named when reading began: the store was prepared
+    again meanwhile, and what was read before and after belong to two stores."""
 
 
 class Store:
@@ -126,6 +147,11 @@ class Store:
         if split not in self.manifest["splits"]:
             raise StoreError(f"{self.url} has no split {split!r}; it has {', '.join(self.splits)}")
         return [f"{self.url}/{name}" for name in self.manifest["splits"][split]["shards"]]
+
+    def shard_bytes(self, split: str) -> list[int | None]:
+        """The size of each of ``shard_urls(split)`` as prepared (None in stores made before it was kept)."""
+        entry = self.manifest["splits"][split]
+        return entry.get("shard_bytes") or [None] * len(entry["shards"])
 
     def dataset(self, split: str, columns: Sequence[str] | None = None):  # -> ray.data.Dataset
         import ray.data

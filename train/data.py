@@ -41,8 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import open_ranged, read_table
-from pipeline.store import Store, shard_directory
+from pipeline.store import Store, open_shard, shard_directory
 from train.augment import apply_view, decode, decode_view, eval_views, train_view
 from train.sampling import eval_clip_indices, train_clip_in_rows
 from train.settings import DataConfig
@@ -76,11 +75,11 @@ def _jpeg_at(jpegs: list[bytes] | pa.BinaryArray, i: int) -> bytes | np.ndarray:
 
 
 def shard_clips(url: str, round_: int, cfg: DataConfig, storage_options: dict, *, num_phases: int, seed: int,
-                epoch: int, resumed_at: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                epoch: int, resumed_at: int = 0, expected_bytes: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """One training clip per video of a shard (a store of ``num_phases`` phase rows per video), in
     blocks of up to ``rows_per_task`` clips: the shard's footer is read once, then only the rows the
-    clips lie in."""
-    with open_ranged(url, storage_options) as f:
+    clips lie in. ``expected_bytes``: the shard's size in the manifest (``open_shard``)."""
+    with open_shard(url, storage_options, expected_bytes) as f:
         shard = pq.ParquetFile(f)
         videos: dict[str, list[dict]] = {}
         for i, row in enumerate(shard_directory(shard)):
@@ -126,10 +125,10 @@ def video_clips(rows: dict[int, list[bytes]], num_phases: int, height: int, widt
 
 
 def _shard_clips(batch: dict[str, np.ndarray], cfg: DataConfig, storage_options: dict, **draw) -> Iterator[dict]:
-    for url, round_, epoch, resumed_at in zip(batch["url"], batch["round"], batch["epoch"], batch["resumed_at"],
-                                              strict=True):
+    for url, size, round_, epoch, resumed_at in zip(batch["url"], batch["bytes"], batch["round"], batch["epoch"],
+                                                    batch["resumed_at"], strict=True):
         yield from shard_clips(str(url), int(round_), cfg, storage_options, epoch=int(epoch),
-                               resumed_at=int(resumed_at), **draw)
+                               resumed_at=int(resumed_at), expected_bytes=_expected(size), **draw)
 
 
 def task_dataset(items: list[dict]):  # -> ray.data.Dataset
@@ -140,11 +139,22 @@ def task_dataset(items: list[dict]):  # -> ray.data.Dataset
     return ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
 
 
+def shard_tasks(store: Store, split: str) -> list[dict]:
+    """A task per shard of ``split``: its ``url`` and its size in the manifest, ``bytes`` (-1 where the
+    store did not keep it: a column holds one type), which the reader checks (``open_shard``)."""
+    sizes = store.shard_bytes(split)
+    return [{"url": u, "bytes": -1 if b is None else b} for u, b in zip(store.shard_urls(split), sizes, strict=True)]
+
+
+def _expected(size) -> int | None:
+    return None if size < 0 else int(size)
+
+
 def epoch_plan(store: Store, cfg: DataConfig, *, seed: int, epoch: int, resumed_at: int = 0) -> list[dict]:
     """The epoch's tasks in order: ``clips_per_video`` rounds, each every shard once, shuffled per round."""
-    urls = store.shard_urls(cfg.train_split)
+    shards = shard_tasks(store, cfg.train_split)
     rng = np.random.default_rng([seed, epoch, resumed_at])
-    return [{"url": urls[i], "round": r} for r in range(cfg.clips_per_video) for i in rng.permutation(len(urls))]
+    return [dict(shards[i], round=r) for r in range(cfg.clips_per_video) for i in rng.permutation(len(shards))]
 
 
 def stream_plan(store: Store, cfg: DataConfig, *, seed: int, epoch: int, resumed_at: int, epochs: int) -> list[dict]:
@@ -178,11 +188,13 @@ def epochs_per_stream(store: Store, cfg: DataConfig, *, left: int) -> int:
     return max(1, min(left, STREAM_TASKS // tasks))
 
 
-def shard_videos(url: str, cfg: DataConfig, storage_options: dict, *, clips: int,
-                 protocol: str) -> Iterator[tuple[str, int, np.ndarray]]:
+def shard_videos(url: str, cfg: DataConfig, storage_options: dict, *, clips: int, protocol: str,
+                 expected_bytes: int | None = None) -> Iterator[tuple[str, int, np.ndarray]]:
     """Per video of one shard: (video_id, label, its clips under ``protocol`` (clips * views, T, h, w, 3))."""
+    with open_shard(url, storage_options, expected_bytes) as f:
+        table = pq.read_table(f, columns=EVAL_COLUMNS)
     by_video: dict[str, list[dict]] = {}
-    for r in read_table(url, storage_options, columns=EVAL_COLUMNS).to_pylist():
+    for r in table.to_pylist():
         by_video.setdefault(r["video_id"], []).append(r)
     for video_id, rows in by_video.items():
         first = rows[0]
@@ -194,15 +206,16 @@ def shard_videos(url: str, cfg: DataConfig, storage_options: dict, *, clips: int
 
 def _shard_videos(batch: dict[str, np.ndarray], cfg: DataConfig, storage_options: dict, clips: int,
                   protocol: str) -> Iterator[dict[str, np.ndarray]]:
-    for url in batch["url"]:
-        for video_id, label, views in shard_videos(str(url), cfg, storage_options, clips=clips, protocol=protocol):
+    for url, size in zip(batch["url"], batch["bytes"], strict=True):
+        for video_id, label, views in shard_videos(str(url), cfg, storage_options, clips=clips, protocol=protocol,
+                                                   expected_bytes=_expected(size)):
             yield {"video_id": np.array([video_id]), "label": np.array([label], np.int64), "clips": views[None]}
 
 
 def eval_dataset(store: Store, split: str, cfg: DataConfig, *, clips: int, protocol: str):  # -> ray.data.Dataset
     """One row per video: ``video_id``, ``label`` and ``clips`` (clips * views, T, h, w, 3) uint8; under
     the "full" protocol h x w is the video's own frame size at the test short side."""
-    return task_dataset([{"url": u} for u in store.shard_urls(split)]).map_batches(
+    return task_dataset(shard_tasks(store, split)).map_batches(
         _shard_videos, batch_size=1, num_cpus=cfg.loader_cpus,
         fn_kwargs=dict(cfg=cfg, storage_options=store.storage_options, clips=clips, protocol=protocol))
 

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.session import quiet_ray_logs
+from pipeline.storage import naming
 from pipeline.store import Store
 from train import tracking
 from train.checkpoints import (
@@ -163,7 +164,8 @@ class Worker:
         with tempfile.TemporaryDirectory() as d:
             save_state(d, dict(ts.state_dict(), config=self.ctx.config, classes=self.store.classes,
                                store_params=self.store.manifest["params"]))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            with naming(self.cfg.trainer.storage_path):  # a full disk there names it
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         if ts.best.get("step") == ts.step:  # the best so far: where it now lies, for the test at the end
             ts.best["path"] = ray.train.get_checkpoint().path
 
@@ -192,10 +194,11 @@ class Worker:
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "test_scores.parquet")
                 pq.write_table(scores.table(self.store.classes), path)
-                client.log_artifact(self.ctx.run_id, path)
-                if views:
-                    for f in write_analysis(views, self.store.classes, os.path.join(tmp, "analysis")):
-                        client.log_artifact(self.ctx.run_id, str(f), "analysis")
+                with naming(client.get_run(self.ctx.run_id).info.artifact_uri):  # a full disk there names it
+                    client.log_artifact(self.ctx.run_id, path)
+                    if views:
+                        for f in write_analysis(views, self.store.classes, os.path.join(tmp, "analysis")):
+                            client.log_artifact(self.ctx.run_id, str(f), "analysis")
         self.say(f"test ({split}, {d.test_clips} clips, {d.test_protocol}) of {tested}: top-1 "
                  f"{metrics['test_top1']:.4f} top-5 {metrics['test_top5']:.4f} on {len(scores.labels)} videos")
         return metrics

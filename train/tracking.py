@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 
-from pipeline.storage import endpoint_options
+from pipeline.storage import endpoint_options, naming
 from train.config import ConfigError
 from train.settings import HOME, TrainConfig
 
@@ -136,10 +136,15 @@ def open_run(uri: str, cfg: TrainConfig, name: str, params: Mapping[str, object]
     run = c.create_run(exp, run_name=name, tags={NAME_TAG: name, **tags})
     from mlflow.entities import Param
 
-    items = list(params.items())
-    for i in range(0, len(items), 100):  # MLflow's limit per batch
-        c.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in items[i:i + 100]])
-    c.log_text(run.info.run_id, config_yaml, "config.yaml")
+    try:
+        items = list(params.items())
+        for i in range(0, len(items), 100):  # MLflow's limit per batch
+            c.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in items[i:i + 100]])
+        with naming(run.info.artifact_uri):  # a full disk there names it
+            c.log_text(run.info.run_id, config_yaml, "config.yaml")
+    except BaseException:
+        c.delete_run(run.info.run_id)  # half made: the same command makes it whole
+        raise
     return run.info.run_id, False
 
 

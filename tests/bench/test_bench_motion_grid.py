@@ -1,5 +1,5 @@
-"""bench/motion_grid.py's other generator, which `make test` no longer trains on (its hardest cell is
-synthetic: tests/train/test_motion.py): its squares move as asked, and its folder prepares."""
+"""bench/motion_grid.py: its own generator's squares move as asked and its folder prepares; one
+cheap cell runs through the script (the grid's fits are the bench's: bench/RESULTS.md)."""
 
 import numpy as np
 import pytest
@@ -28,3 +28,18 @@ def test_a_folder_cell_prepares_into_a_store(ray_cluster, bench_script, tmp_path
     store = Store(url)
     assert sorted(store.classes) == sorted(grid.DIRECTIONS)
     assert store.manifest["splits"]["train"]["videos"] == 8 and store.manifest["splits"]["val"]["videos"] == 4
+
+
+def test_the_hardest_cell_runs_through_the_script_at_a_tiny_size(ray_cluster, bench_script, tmp_path, capsys):
+    grid = bench_script("motion_grid")
+    status = grid.main(["--cells", "hardest", "--train", "2", "--val", "1", "--archs", "c2d,c3d", "--jobs", "1",
+                        "--set", "trainer.epochs=1", "--set", "optim.warmup_epochs=0.5", "--dir", str(tmp_path)])
+    # the table's lines, among prepare's
+    out = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("layout", "synthetic", "goal"))]
+    assert out[0].split() == ["layout", "size", "px/frame", "frames", "c2d", "c3d", "seconds"]
+    row = out[1].split()
+    assert row[:4] == ["synthetic", "1/8", "0.5", "32"] and len(row) == 7
+    top1 = [float(v.rstrip("!")) for v in row[4:6]]
+    assert all(v in (0.0, 0.25, 0.5, 0.75, 1.0) for v in top1)  # 4 test videos
+    missed = sum(not grid.passes(a, v) for a, v in zip(["c2d", "c3d"], top1, strict=True))
+    assert out[2].endswith(f"{missed} result(s) miss it (marked !)") and status == (1 if missed else 0)

@@ -18,7 +18,7 @@ import pytest
 import s3fs
 import simplejpeg
 
-from cluster.local import free_port
+from cluster.local import free_port, start_moto, stop
 from pipeline.prepare import main as prepare
 from pipeline.storage import read_table
 from pipeline.store import Store
@@ -71,6 +71,8 @@ def test_kinetics_tree_prepares_into_an_exact_store(kinetics, tmp_path, ray_clus
     assert m["train"]["videos"] == 12 and m["val"]["videos"] == 8
     assert m["train"]["per_class"] == {c: 3 for c in labels} and m["val"]["per_class"] == {c: 2 for c in labels}
     assert m["train"]["frames"] == 12 * 16 and m["train"]["rows"] == 12 * 8  # 8 phases of 2 frames
+    for split in store.splits:  # what a reader checks each shard against (pipeline/store.open_shard)
+        assert store.shard_bytes(split) == [Path(u).stat().st_size for u in store.shard_urls(split)]
     q = store.quarantine().to_pylist()
     assert {(r["video_id"], r["reason"]) for r in q} == expected_quarantine(kinetics)
     assert all(r["detail"] for r in q)
@@ -296,6 +298,39 @@ def test_a_store_that_cannot_be_reached_is_one_line(case, kinetics, s3_server, m
         assert verbose.returncode == 1 and "Traceback" in verbose.stderr
 
 
+@pytest.fixture(scope="module")
+def refusing_s3(tmp_path_factory):
+    """A moto server that checks every request against IAM (its first 3 are let through: the bucket
+    ``locked`` and a user without any permission, with an access key), and that user's keys."""
+    import boto3
+
+    keys = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "3"  # read by moto_server as it starts
+    try:
+        proc, url = start_moto(tmp_path_factory.mktemp("refusing-s3"), "locked", keys)
+    finally:
+        del os.environ["INITIAL_NO_AUTH_ACTION_COUNT"]
+    try:
+        iam = boto3.client("iam", endpoint_url=url, aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+                           aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"], region_name=keys["AWS_DEFAULT_REGION"])
+        iam.create_user(UserName="nobody")
+        key = iam.create_access_key(UserName="nobody")["AccessKey"]
+        yield url, {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    finally:
+        stop(proc, grace=1)
+
+
+def test_a_bucket_that_refuses_the_credentials_is_one_line(kinetics, refusing_s3):
+    url, keys = refusing_s3
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AWS_SESSION_TOKEN")} | keys
+    done = subprocess.run([sys.executable, PREPARE, "--dataset", "kinetics", "--root", str(kinetics), "--out",
+                           "s3://locked/store", "--s3-endpoint", url], env=env, capture_output=True, text=True,
+                          timeout=300)
+    (line,) = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 1 and line == ("prepare: permission denied: s3://locked/store/_plan.json: give this "
+                                             "user (or these AWS credentials) access, or choose another path")
+
+
 def test_two_prepares_into_one_store_at_once_end_in_one_complete_store(kinetics, tmp_path, ray_cluster):
     """No lock: the plan is fixed by the inputs and settings, a shard appears whole, and the manifest is
     built from whichever summaries either run saved, so both runs end in the store one run makes."""
@@ -339,7 +374,8 @@ def test_a_full_disk_is_one_line_and_the_same_command_then_finishes(kinetics, tm
     try:
         (disk / "filler").write_bytes(b"\0" * (4096 - 96) * 1024)  # 96 KB left; the store takes ~1.8 MB
         base = ["--dataset", "kinetics", "--root", str(kinetics), "--videos-per-shard", "1", "--workers", "1"]
-        with pytest.raises(SystemExit, match=r"^prepare: no space left on the device: free space .* the same command "):
+        full = rf"^prepare: no space left on the device writing {disk}/store/\S+: free space .* the same command "
+        with pytest.raises(SystemExit, match=full):
             prepare(base + ["--out", str(disk / "store")])
         assert not (disk / "store" / "manifest.json").exists()
         (disk / "filler").unlink()

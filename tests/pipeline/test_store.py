@@ -1,10 +1,12 @@
 """Store rows: one per (video, phase), every frame exactly once, atomic shards, local and S3."""
 
+import errno
+
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.storage import open_ranged, read_table
-from pipeline.store import SCHEMA, phase_rows, rows_to_table, shard_directory, write_shard
+from pipeline.store import SCHEMA, StoreChanged, open_shard, phase_rows, rows_to_table, shard_directory, write_shard
 
 
 def video_rows(n_frames=20, num_phases=8, video_id="train/v"):
@@ -54,6 +56,21 @@ def test_each_row_is_a_row_group_listed_in_the_footer(tmp_path):
             assert directory[i] == dict(video_id=row["video_id"], label=row["label"], phase=row["phase"],
                                         length=len(row["frames"]), height=row["height"], width=row["width"])
             assert row == rows[i]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_shard_of_another_size_than_expected_is_refused(where, tmp_path, s3_server):
+    url, opts = str(tmp_path / "shard.parquet"), {}
+    if where == "s3":
+        url, opts = f"s3://{s3_server.bucket}/changed/shard.parquet", s3_server.storage_options()
+    size = write_shard(rows_to_table(video_rows()), url, opts)
+    for expected in (size, None):  # the manifest's size, or a store that kept none
+        with open_shard(url, opts, expected) as f:
+            assert len(shard_directory(pq.ParquetFile(f))) == 8
+    changed = (rf"^\[Errno {errno.ESTALE}\] {url} is {size} bytes, not the {size + 1} of the store's manifest when "
+               "the run started: the store was prepared again since$")
+    with pytest.raises(StoreChanged, match=changed):
+        open_shard(url, opts, size + 1)
 
 
 def test_rejected_table_leaves_the_old_shard_intact(tmp_path):

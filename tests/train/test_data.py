@@ -84,12 +84,12 @@ def test_clips_of_a_long_video_start_all_over_it(tmp_path):
     assert min(starts) < 15 and max(starts) > 90 and len({s % 4 for s in starts}) == 4  # every phase row
 
 
-class FakeStore:
-    def __init__(self, shards: int = 5):
-        self.manifest = {"splits": {"train": {"shards": [f"train/shard-{i:05d}.parquet" for i in range(shards)]}}}
+class FakeStore(Store):
+    """A store's manifest of ``shards`` training shards, and no files."""
 
-    def shard_urls(self, split):
-        return [f"store/{s}" for s in self.manifest["splits"][split]["shards"]]
+    def __init__(self, shards: int = 5):
+        self.url, self.storage_options = "store", {}
+        self.manifest = {"splits": {"train": {"shards": [f"train/shard-{i:05d}.parquet" for i in range(shards)]}}}
 
 
 def test_an_epoch_is_rounds_over_every_shard(tmp_path):

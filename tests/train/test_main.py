@@ -2,6 +2,7 @@
 DDP training that learns, tracking, eval-only, a killed worker, resume in a terminal, bad configs. (`ray job submit`
 runs on the 2-node cluster of tests/cluster/test_local_cluster.py.)"""
 
+import contextlib
 import json
 import re
 import sys
@@ -238,21 +239,33 @@ def test_a_kinetics_store_without_weights_is_refused_before_ray_starts(store, ml
 
 
 @pytest.mark.slow
-def test_a_store_gone_after_the_checks_ends_the_run_in_one_line(store, mlflow_server, tmp_path, capsys, runs):
-    """The store's shards removed after train/main.py checked it (as if deleted while the run read
-    it): the workers' reads fail, and the run ends in one line naming the file, exit status 1."""
+@pytest.mark.parametrize("change", ["removed", "prepared again"])
+def test_a_store_changed_after_the_checks_ends_the_run_in_one_line(change, store, mlflow_server, tmp_path, capsys,
+                                                                 runs):
+    """The store's training shards removed, or written anew by another prepare, after train/main.py
+    checked it (as if while the run read it): the workers' reads fail, and the run ends in one line
+    naming the file, exit status 1."""
     import shutil
 
     copy = tmp_path / "store"
     shutil.copytree(store, copy)
-    for shard in copy.glob("train/*.parquet"):
-        shard.unlink()
+    if change == "removed":
+        for shard in copy.glob("train/*.parquet"):
+            shard.unlink()
+    else:  # the same videos drawn into shards anew, under the same names; the manifest left as it was
+        assert prepare(["--dataset", "kinetics", "--root", str(Path(store).parent / "src"), "--out",
+                        str(tmp_path / "again"), "--shuffle-seed", "7"]) == 0
+        for shard in (tmp_path / "again").glob("train/*.parquet"):
+            shutil.copy(shard, copy / "train" / shard.name)
+    name = change.replace(" ", "-")
     with pytest.raises(SystemExit) as e:
-        main(args(str(copy), mlflow_server, tmp_path, "name=gone", "trainer.max_failures=0"))
+        main(args(str(copy), mlflow_server, tmp_path, f"name={name}", "trainer.max_failures=0"))
     line = str(e.value.code)
-    assert line.startswith("train: ") and "a file the run reads was removed or moved while it ran" in line
-    assert str(copy / "train") in line and "\n" not in line
-    assert runs.named(mlflow_server, "tests", "gone").info.status == "FAILED"
+    assert line.startswith("train: ") and str(copy / "train") in line and "\n" not in line
+    assert {"removed": "a file the run reads was removed or moved while it ran",
+            "prepared again": "the store was prepared again since: a run reads one store from start to end"
+            }[change] in line
+    assert runs.named(mlflow_server, "tests", name).info.status == "FAILED"
 
 
 def test_the_stride_comes_from_the_store_unless_the_config_names_one(store, mlflow_server, tmp_path):
@@ -261,3 +274,54 @@ def test_the_stride_comes_from_the_store_unless_the_config_names_one(store, mlfl
     plain = [a for a in args(store, mlflow_server, tmp_path) if not a.startswith("data.stride=")]
     cfg = train.main.checked(train.main.parse_args(plain))[0]
     assert cfg.data.stride == Store(store).manifest["params"]["stride"] == 8
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs with 96 KB free (a checkpoint of the demo's model takes ~4.3 MB): ``(folder, filler)``."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("this machine cannot mount a small tmpfs here (needs root)")
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * (16384 - 96) * 1024)
+    try:
+        yield disk, filler
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_for_checkpoints_is_one_line_and_the_same_command_then_finishes(store, mlflow_server, tmp_path,
+                                                                                   small_disk, runs):
+    disk, filler = small_disk
+    run = args(store, mlflow_server, tmp_path, "name=full", "trainer.max_failures=0", *runs.tiny,
+               f"trainer.storage_path={disk / 'runs'}")
+    with pytest.raises(SystemExit) as e:
+        main(run)
+    line = str(e.value.code)
+    assert line.startswith(f"train: no space left on the device writing {disk / 'runs'}") and "\n" not in line
+    assert "then run the same command again" in line
+    assert runs.named(mlflow_server, "tests", "full").info.status == "FAILED"
+    filler.unlink()
+    assert main(run) == 0
+    assert runs.named(mlflow_server, "tests", "full").info.status == "FINISHED"
+
+
+def test_a_full_disk_for_mlflow_artifacts_is_one_line_and_leaves_no_half_made_run(store, tmp_path, small_disk,
+                                                                                  monkeypatch):
+    """A local MLflow store whose artifacts (COST_HOME/mlartifacts) lie on a full disk: the run's
+    first artifact, its config.yaml, is refused as the run opens, before any training."""
+    disk, filler = small_disk
+    with filler.open("ab") as f, contextlib.suppress(OSError):
+        f.write(b"\0" * 96 * 1024)  # the disk full
+    monkeypatch.setattr(train.tracking, "HOME", str(disk))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(SystemExit) as e:
+        main(args(store, uri, tmp_path, "name=no-room"))
+    line = str(e.value.code)
+    assert line.startswith(f"train: no space left on the device writing file://{disk / 'mlartifacts'}/")
+    assert "then run the same command again" in line and "\n" not in line
+    assert MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("tests").experiment_id]) == []
