@@ -118,15 +118,15 @@ def make_store(work: Path, layout: str, size: float, speed: float, frames: int, 
 def fit(store_url: str, arch: str, *, seed: int = 1, overrides: tuple[str, ...] = ()
         ) -> tuple[torch.nn.Module, TrainConfig, float]:
     """(model, config, test top-1) of configs/tiny_synthetic.yaml trained in this process: the
-    loader's own clip cutting per epoch, global batch = batch_size x num_workers."""
+    loader's own clip cutting per epoch, in iterations of the config's global batch."""
     torch.manual_seed(seed)
     cfg = load_config(TrainConfig, ROOT / "configs" / "tiny_synthetic.yaml",
                       [f"data.store={store_url}", f"model.arch={arch}", *overrides])
     store, d = Store(store_url), cfg.data
     model = make_model(cfg.model, len(store.classes))
-    batch = cfg.trainer.batch_size * cfg.trainer.num_workers
+    batch = cfg.trainer.clips_per_iteration()
     steps_per_epoch = clips_per_epoch(store, "train", d.clips_per_video) // batch
-    opt, sched = optimizer(model, cfg, cfg.trainer.num_workers, steps_per_epoch)
+    opt, sched = optimizer(model, cfg, steps_per_epoch)
     step = Step.for_config(cfg, "cpu")
     phases = store.manifest["params"]["num_phases"]
     for epoch in range(cfg.trainer.epochs):

@@ -4,7 +4,9 @@
     eval "$(python cluster/local.py env)"           # RAY_ADDRESS, MLflow's URI and sign-in, S3 endpoint, token
     python pipeline/prepare.py --dataset kinetics --root s3://cost/videos --out s3://cost/store
     ray job submit --address "$COST_RAY_DASHBOARD" --working-dir . -- python train/main.py ...
+    python cluster/local.py drain-node 1            # notice: worker node 1 is reclaimed in 2 minutes
     python cluster/local.py kill-node 1             # SIGKILL worker node 1 (a lost machine)
+    python cluster/local.py start-node 1            # and start it again (its replacement)
     python cluster/local.py down
 
 Each service runs in its own process group, recorded in DIR/cluster.json (default .cluster/):
@@ -39,6 +41,9 @@ import urllib.request
 from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
+from cluster.spot_notice import drain  # noqa: E402
 
 BIN = Path(sys.executable).parent
 AUTH_INI = Path(__file__).with_name("mlflow-auth.ini")
@@ -270,6 +275,32 @@ def start_services(root: Path, state: dict, procs: list[subprocess.Popen], s3_en
         _started(state, procs, "mlflow", proc)
 
 
+def node_env(state: dict) -> dict[str, str]:
+    """What every node's processes run with. As on a real cluster (cluster/aws.yaml): a job's
+    `python` is the installation the nodes run, and its driver and workers log to the cluster's
+    MLflow server, signed in."""
+    return {**state["ray_env"], "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            **mlflow_credentials(state)}
+
+
+def alive_nodes(state: dict) -> int:
+    token = Path(state["ray_env"]["RAY_AUTH_TOKEN_PATH"]).read_text()
+    return sum(n["state"] == "ALIVE" for n in ray_nodes(state["ray_dashboard"], token))
+
+
+def start_worker_node(root: Path, state: dict, procs: list[subprocess.Popen], index: int) -> None:
+    """Worker node ``index`` (resource ``worker_node_<index>``), waited for until it is one more node."""
+    before = alive_nodes(state)
+    temp_dir = tempfile.mkdtemp(prefix="cost-ray-")  # a fresh one: a killed node leaves its sockets behind
+    state["temp_dirs"].append(temp_dir)
+    log = root / f"ray-worker-{index}.log"
+    proc = start(ray_node_cmd(temp_dir, head_port=int(state["ray_address"].rsplit(":", 1)[1]),
+                              cpus=state["worker_cpus"], resources={f"worker_node_{index}": 1}), log,
+                 env=node_env(state))
+    _started(state, procs, f"ray-worker-{index}", proc)
+    wait_until(lambda: alive_nodes(state) == before + 1, f"ray worker node {index}", proc, log, 180)
+
+
 def start_ray(root: Path, state: dict, procs: list[subprocess.Popen], workers: int, head_cpus: float,
               worker_cpus: float) -> None:
     """A Ray head and ``workers`` worker nodes, with token authentication, each node waited for."""
@@ -278,30 +309,19 @@ def start_ray(root: Path, state: dict, procs: list[subprocess.Popen], workers: i
     # The nodes' tasks read and write S3: moto's throw-away keys, else the caller's own credentials.
     state["ray_env"] = {**CLUSTER_ENV, **state["s3_keys"], "RAY_AUTH_MODE": "token",
                         "RAY_AUTH_TOKEN_PATH": str(token.resolve())}
-    # As on a real cluster (cluster/aws.yaml): a job's `python` is the installation the nodes run, and
-    # its driver and workers log to the cluster's MLflow server, signed in.
-    node_env = {**state["ray_env"], "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                **mlflow_credentials(state)}
     head_port, dash = free_ports(2)
     state["ray_address"], state["ray_dashboard"] = f"127.0.0.1:{head_port}", f"http://127.0.0.1:{dash}"
+    state["worker_cpus"] = worker_cpus
     log = root / "ray-head.log"
     # Short temp dirs outside --dir: Ray's socket paths must stay under ~107 characters.
-    state["temp_dirs"] = [tempfile.mkdtemp(prefix="cost-ray-") for _ in range(workers + 1)]
+    state["temp_dirs"] = [tempfile.mkdtemp(prefix="cost-ray-")]
     proc = start(ray_node_cmd(state["temp_dirs"][0], head_port=head_port, cpus=head_cpus, resources={"head": 1},
-                              head=True, dashboard_port=dash), log, env=node_env)
+                              head=True, dashboard_port=dash), log, env=node_env(state))
     _started(state, procs, "ray-head", proc)
     auth = {"Authorization": f"Bearer {token.read_text()}"}
     wait_until(lambda: http_ok(f"{state['ray_dashboard']}/api/version", auth), "ray head", proc, log, 180)
-
-    def alive() -> int:
-        return sum(n["state"] == "ALIVE" for n in ray_nodes(state["ray_dashboard"], token.read_text()))
-
     for i in range(1, workers + 1):
-        log = root / f"ray-worker-{i}.log"
-        proc = start(ray_node_cmd(state["temp_dirs"][i], head_port=head_port, cpus=worker_cpus,
-                                  resources={f"worker_node_{i}": 1}), log, env=node_env)
-        _started(state, procs, f"ray-worker-{i}", proc)
-        wait_until(lambda n=i: alive() == n + 1, f"ray worker node {i}", proc, log, 180)
+        start_worker_node(root, state, procs, i)
 
 
 def up(root: Path, *, workers: int = 1, head_cpus: float = 2, worker_cpus: float = 2, bucket: str = "cost",
@@ -348,6 +368,25 @@ def kill_node(root: Path, index: int) -> None:
     os.killpg(pid, signal.SIGKILL)
 
 
+def drain_node(root: Path, index: int, deadline_s: int = 120) -> None:
+    """Give worker node ``index`` notice that it will be reclaimed in ``deadline_s`` seconds, as
+    cluster/spot_notice.py does on a spot node when AWS gives its two-minute notice (Ray's node
+    drain, reason preemption). The node keeps running: ``kill_node`` is the reclaim itself."""
+    state = json.loads((root / "cluster.json").read_text())
+    token = Path(state["ray_env"]["RAY_AUTH_TOKEN_PATH"]).read_text()
+    (node,) = [n["node_id"] for n in ray_nodes(state["ray_dashboard"], token)
+               if n["state"] == "ALIVE" and f"worker_node_{index}" in n["resources_total"]]
+    drain(state["ray_address"], node, deadline_s, "spot reclaim (local.py drain-node)",
+          {**os.environ, **node_env(state)})
+
+
+def start_node(root: Path, index: int) -> None:
+    """Worker node ``index`` started again after ``kill_node``: a spot node's replacement."""
+    state = json.loads((root / "cluster.json").read_text())
+    start_worker_node(root, state, [], index)
+    (root / "cluster.json").write_text(json.dumps(state, indent=2))
+
+
 def client_env(state: dict) -> dict[str, str]:
     """The environment drivers and clients of this cluster need."""
     return {**state["ray_env"], "RAY_ADDRESS": state["ray_address"], "COST_RAY_DASHBOARD": state["ray_dashboard"],
@@ -361,8 +400,9 @@ def env_lines(state: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=["up", "down", "env", "kill-node"])
-    p.add_argument("index", nargs="?", type=int, default=1, help="kill-node: which worker node (1..N)")
+    p.add_argument("command", choices=["up", "down", "env", "drain-node", "kill-node", "start-node"])
+    p.add_argument("index", nargs="?", type=int, default=1,
+                   help="drain-node, kill-node, start-node: which worker node (1..N)")
     p.add_argument("--dir", type=Path, default=Path(".cluster"), help="state, logs and data (default .cluster)")
     p.add_argument("--workers", type=int, default=2, help="worker nodes beside the head")
     p.add_argument("--head-cpus", type=float, default=2)
@@ -380,8 +420,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"use it:  eval \"$(python cluster/local.py env --dir {args.dir})\"", file=sys.stderr)
         elif args.command == "env":
             print("\n".join(env_lines(json.loads((args.dir / "cluster.json").read_text()))))
+        elif args.command == "drain-node":
+            drain_node(args.dir, args.index)
         elif args.command == "kill-node":
             kill_node(args.dir, args.index)
+        elif args.command == "start-node":
+            start_node(args.dir, args.index)
         else:
             down(args.dir)
     except (RuntimeError, FileNotFoundError, KeyError, subprocess.CalledProcessError) as e:

@@ -86,10 +86,10 @@ def side_by_side(cfg: TrainConfig, cap: int, todo: int) -> int:
     import ray
 
     t = cfg.trainer
-    room = ray.cluster_resources()
-    fits = [room.get("CPU", 0) / (t.num_workers * t.cpus_per_worker + cfg.data.loader_cpus)]
+    room, workers = ray.cluster_resources(), t.worker_range()[1]  # an elastic member grows to its most
+    fits = [room.get("CPU", 0) / (workers * t.cpus_per_worker + cfg.data.loader_cpus)]
     if t.use_gpu:
-        fits.append(room.get("GPU", 0) / t.num_workers)
+        fits.append(room.get("GPU", 0) / workers)
     return max(1, min(math.floor(min(fits)), cap or todo, todo))
 
 

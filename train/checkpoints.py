@@ -21,6 +21,7 @@ import torch
 from pipeline.storage import filesystem, is_node_local, read_bytes
 from train.config import from_dict
 from train.models import VideoResNet, build_model
+from train.models.pretrained import convert
 from train.settings import ModelConfig, TrainConfig
 
 STATE_FILE = "state.pt"
@@ -119,3 +120,17 @@ def model_from_state(state: dict) -> VideoResNet:
     model = make_model(cfg.model, len(state["classes"]))
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+def init_from_checkpoint(model: VideoResNet, source: str, opts: dict, inflate: str) -> None:
+    """Fine-tuning: every weight from an earlier run's checkpoint; the classifier only if it fits. A
+    temporally deeper stem (the 32-frame 5x7x7 conv1 from an 8-frame 1x7x7 one) is inflated."""
+    sd = load_state(source, opts)["model"]
+    if sd.get("fc.weight") is not None and sd["fc.weight"].shape != model.fc.weight.shape:
+        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    own = model.state_dict()
+    sd = {k: convert(k, v, own[k], inflate) if k in own and not k.startswith("fc.") else v for k, v in sd.items()}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    bad = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"model.finetune_from {source}: keys do not match this model: {', '.join(bad[:5])}")

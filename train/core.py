@@ -3,8 +3,9 @@ runs, and is tested, anywhere torch does - a laptop, or a bare GPU machine with 
 
     step = Step.for_config(cfg, device)               # or Step(device, mean=..., std=..., ...)
     model = step.place(model)                         # on the device, in the step's memory layout
-    opt, sched = optimizer(model, cfg, world, steps_per_epoch)
+    opt, sched = optimizer(model, cfg, steps_per_epoch)  # lr for the config's global batch
     loss = step(net, opt, sched, clips, labels)       # uint8 (N, T, H, W, 3) clips, int64 labels
+    loss = step(net, opt, sched, clips, labels, 4)    # the clips as 4 batches, their gradients added up
 
 A Ray-free run keeps its state in a ``TrainState`` (``state.train_step(step, clips, labels)``), whose
 ``state_dict`` is what train/loop.py checkpoints.
@@ -71,19 +72,36 @@ class Step:
                    precision=t.precision, channels_last=t.channels_last)
 
     def __call__(self, net: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-                 clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The step's loss (detached: reading it does not wait for the device unless asked)."""
-        x = normalize(clips, self.mean, self.std).contiguous(memory_format=self.memory_format)
-        with self.autocast:
-            logits = net(x)
-        loss = F.cross_entropy(logits.float(), labels)
+                 clips: torch.Tensor, labels: torch.Tensor, batches: int = 1, scale: float | None = None
+                 ) -> torch.Tensor:
+        """The step's loss (detached: reading it does not wait for the device unless asked). With
+        ``batches`` > 1 the clips are that many batches, each forward on its own (BatchNorm sees one
+        batch, as on a larger group) and their gradients added up, synchronised across DDP's workers
+        once, after the last. Each batch's mean loss counts ``scale`` times (default 1 / batches:
+        the mean over all); a worker that waits out an iteration steps on a stand-in with 0."""
+        scale = 1 / batches if scale is None else scale
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros((), device=clips.device)
+        for i, (part, part_labels) in enumerate(zip(clips.chunk(batches), labels.chunk(batches), strict=True)):
+            x = normalize(part, self.mean, self.std).contiguous(memory_format=self.memory_format)
+            with contextlib.nullcontext() if i == batches - 1 else no_sync(net):
+                with self.autocast:
+                    logits = net(x)
+                part_loss = F.cross_entropy(logits.float(), part_labels) * scale
+                part_loss.backward()
+            loss += part_loss.detach()
         if self.clip_grad:
             nn.utils.clip_grad_norm_(net.parameters(), self.clip_grad)
         opt.step()
         sched.step()
-        return loss.detach()
+        return loss
+
+
+def no_sync(net: nn.Module):
+    """DDP's no_sync() of ``net`` (maybe inside torch.compile's wrapper): gradients stay local until
+    a backward outside it. A network without DDP synchronises nothing anyway."""
+    ddp = getattr(net, "_orig_mod", net)
+    return ddp.no_sync() if isinstance(ddp, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
 
 
 def compress_gradients(net: nn.parallel.DistributedDataParallel) -> None:
@@ -130,22 +148,24 @@ class TrainState:
         self.epoch, self.epoch_step, self.step = state["epoch"], state["epoch_step"], state["step"]
         self.val, self.best = dict(state.get("val", {})), dict(state.get("best", {}))
 
-    def train_step(self, step: Step, clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One step of ``step`` on this state's network, the counters moved on; the loss, detached."""
-        loss = step(self.net, self.opt, self.sched, clips, labels)
+    def train_step(self, step: Step, clips: torch.Tensor, labels: torch.Tensor, batches: int = 1,
+                   scale: float | None = None) -> torch.Tensor:
+        """One step of ``step`` on this state's network (``batches`` added up, each ``scale`` times),
+        the counters moved on; the loss, detached."""
+        loss = step(self.net, self.opt, self.sched, clips, labels, batches, scale)
         self.step, self.epoch_step = self.step + 1, self.epoch_step + 1
         return loss
 
 
-def optimizer(model: nn.Module, cfg: TrainConfig, world: int, steps_per_epoch: int
+def optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int
               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD at ``optim.lr`` scaled to the global batch (batch_size x world); per step, a linear warm-up
+    """SGD at ``optim.lr`` scaled to the global batch (at any world size); per step, a linear warm-up
     from a tenth over ``optim.warmup_epochs``, and a decay by ``optim.gamma`` at each milestone
     (a fraction of all steps). CoST(a)'s view coefficients at ``optim.cost_a_lr_scale`` times that."""
     from torch.optim import lr_scheduler
 
     o, t = cfg.optim, cfg.trainer
-    lr = o.lr * t.batch_size * world / o.lr_batch
+    lr = o.lr * t.clips_per_iteration() / o.lr_batch
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     # CoST(a)'s view coefficients get a group of their own only when their lr differs, so that the
     # checkpoints of one group still resume.

@@ -225,13 +225,14 @@ def clips_per_epoch(store: Store, split: str, clips_per_video: int) -> int:
     return store.manifest["splits"][split]["videos"] * clips_per_video
 
 
-def split_iterator(make_dataset, rank: int, world: int, *, equal: bool):  # -> ray.data.DataIterator
+def split_iterator(make_dataset, rank: int, world: int, *, equal: bool, parts: int | None = None):
     """This worker's part of a dataset built by rank 0 for this pass (the epoch is known then, so
-    it can seed the pipeline): rank 0 splits it and broadcasts the split iterators to the group."""
+    it can seed the pipeline): rank 0 splits it and broadcasts the split iterators to the group.
+    ``parts``: split among the first ``parts`` ranks only (default all); the others get None."""
     if world == 1:
         return make_dataset().iterator()
     import torch.distributed as dist
 
-    box = [make_dataset().streaming_split(world, equal=equal)] if rank == 0 else [None]
+    box = [make_dataset().streaming_split(parts or world, equal=equal)] if rank == 0 else [None]
     dist.broadcast_object_list(box, src=0)
-    return box[0][rank]
+    return box[0][rank] if rank < len(box[0]) else None  # -> ray.data.DataIterator | None

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray.data
 import ray.train
@@ -39,6 +39,7 @@ from train import tracking
 from train.checkpoints import (
     CheckpointError,
     checkpoint_url,
+    init_from_checkpoint,
     load_state,
     make_model,
     newest_loadable,
@@ -49,9 +50,9 @@ from train.checkpoints import (
 from train.config import from_dict
 from train.core import Step, TrainState, compress_gradients, optimizer
 from train.data import epochs_per_stream, split_iterator, train_dataset
+from train.elastic import log_group, next_iteration, notice_of_preemption
 from train.evaluate import evaluate
 from train.models import load_2d_pretrained
-from train.models.pretrained import convert
 from train.models.views import ViewStats
 from train.plots import write_analysis
 from train.settings import TrainConfig, pretrained_path, storage_options
@@ -69,6 +70,7 @@ class RunContext:
     fault: str | None = None  # $COST_TRAIN_FAULT, a test hook (maybe_fault)
     verbose: bool = False  # main.py --verbose: Ray's own info lines on the console too
     progress_bar: bool = False  # the driver's console is a terminal: a bar there, not a line per window
+    started: float = field(default_factory=time.time)  # when the driver started the workers (restart_lost_s)
 
 
 class Worker:
@@ -90,6 +92,7 @@ class Worker:
         data_context.print_on_execution_start = False
         self.step = Step.for_config(self.cfg, self.device)
         self.queued: list = []  # rank 0's metrics logged in the background, not yet confirmed (log)
+        self.noticed = False  # a preemption notice acted on (notice_of_preemption)
 
     def tag_placement(self) -> None:
         """Tags: ``hardware``, where the throughput was measured ("8 x NVIDIA H100 80GB HBM3", "2 x CPU"),
@@ -163,7 +166,7 @@ class Worker:
             return
         with tempfile.TemporaryDirectory() as d:
             save_state(d, dict(ts.state_dict(), config=self.ctx.config, classes=self.store.classes,
-                               store_params=self.store.manifest["params"]))
+                               store_params=self.store.manifest["params"], world=self.world, saved_at=time.time()))
             with naming(self.cfg.trainer.storage_path):  # a full disk there names it
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         if ts.best.get("step") == ts.step:  # the best so far: where it now lies, for the test at the end
@@ -223,24 +226,10 @@ def build(w: Worker, state: dict | None) -> TrainState:
         compress_gradients(net)
     if cfg.trainer.compile:
         net = torch.compile(net)
-    ts = TrainState(model, net, *optimizer(model, cfg, w.world, w.ctx.steps_per_epoch))
+    ts = TrainState(model, net, *optimizer(model, cfg, w.ctx.steps_per_epoch))
     if state is not None:
         ts.restore(state)
     return ts
-
-
-def init_from_checkpoint(model: nn.Module, source: str, opts: dict, inflate: str) -> None:
-    """Fine-tuning: every weight from an earlier run's checkpoint; the classifier only if it fits. A
-    temporally deeper stem (the 32-frame 5x7x7 conv1 from an 8-frame 1x7x7 one) is inflated."""
-    sd = load_state(source, opts)["model"]
-    if sd.get("fc.weight") is not None and sd["fc.weight"].shape != model.fc.weight.shape:
-        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-    own = model.state_dict()
-    sd = {k: convert(k, v, own[k], inflate) if k in own and not k.startswith("fc.") else v for k, v in sd.items()}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    bad = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
-    if bad:
-        raise ValueError(f"model.finetune_from {source}: keys do not match this model: {', '.join(bad[:5])}")
 
 
 def maybe_fault(spec: str | None, rank: int, step: int, restored: bool) -> None:
@@ -258,7 +247,7 @@ def maybe_fault(spec: str | None, rank: int, step: int, restored: bool) -> None:
 def progress_bar(w: Worker, ts: TrainState):
     """Rank 0's bar over the whole run in clips, so its rate is clips/s and its ETA the run's."""
     t = w.cfg.trainer
-    per_step = t.batch_size * w.world
+    per_step = t.clips_per_iteration()
     bar = w.progress_bar(total=w.ctx.steps_per_epoch * t.epochs * per_step, unit=" clips",
                          desc=f"epoch {ts.epoch + 1}/{t.epochs}")
     if bar:
@@ -278,6 +267,7 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(hash((t.seed, w.rank, ts.step)) % 2**31)
     if saved:
         w.say(f"resumed from checkpoint at epoch {ts.epoch + 1}, step {ts.step}")
+    log_group(w, ts, saved)
     every_s = w.cfg.tracking.system_metrics_s if w.rank == 0 else 0
     bar = progress_bar(w, ts)
     last = min(t.epochs, ctx.stop_at_epoch or t.epochs)
@@ -299,21 +289,27 @@ def train_loop(config: dict) -> None:
             w.report(ts, checkpoint=False, extra=w.test(ts.model, ts.step, tested))
 
 
-def training_stream(w: Worker, ts: TrainState, last: int) -> tuple[Iterator[dict], int]:
-    """This worker's batches of the epochs from ``ts.epoch`` on, as one Ray Data stream
-    (``epochs_per_stream`` of them, up to epoch ``last``), and the epoch the stream ends before. A
+def training_stream(w: Worker, ts: TrainState, last: int) -> tuple[Iterator[dict] | None, int]:
+    """This worker's part of each iteration (the batches it adds up, in one) of the epochs from
+    ``ts.epoch`` on, as one Ray Data stream (``epochs_per_stream`` of them, up to epoch ``last``),
+    and the epoch the stream ends before; None for a worker that waits (``training_workers``). A
     run resumed inside an epoch finishes that epoch on a stream of its own."""
     cfg, t = w.cfg, w.cfg.trainer
     epochs = 1 if ts.epoch_step else epochs_per_stream(w.store, cfg.data, left=last - ts.epoch)
+    parts = t.training_workers(w.world)
     it = split_iterator(functools.partial(train_dataset, w.store, cfg.data, seed=t.seed, epoch=ts.epoch,
-                                          resumed_at=ts.epoch_step, epochs=epochs), w.rank, w.world, equal=True)
-    batches = it.iter_torch_batches(batch_size=t.batch_size, drop_last=True, device=w.device,
+                                          resumed_at=ts.epoch_step, epochs=epochs), w.rank, w.world, equal=True,
+                        parts=parts)
+    if it is None:
+        return None, ts.epoch + epochs
+    batches = it.iter_torch_batches(batch_size=t.clips_per_iteration() // parts, drop_last=True, device=w.device,
                                     local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
                                     local_shuffle_seed=hash((t.seed, ts.epoch, ts.epoch_step, w.rank)) % 2**31)
     return iter(batches), ts.epoch + epochs
 
 
-def train_epoch(w: Worker, ts: TrainState, batches: Iterator[dict], bar, *, restored: bool) -> list[torch.Tensor]:
+def train_epoch(w: Worker, ts: TrainState, batches: Iterator[dict] | None, bar, *, restored: bool
+                ) -> list[torch.Tensor]:
     """The rest of the epoch ``ts.epoch`` (all of it unless resumed inside it) from ``batches``; its
     steps' losses. Every ``log_every`` steps rank 0 logs the window's metrics and shows them on
     ``bar`` (or prints them as a line, without one)."""
@@ -322,22 +318,26 @@ def train_epoch(w: Worker, ts: TrainState, batches: Iterator[dict], bar, *, rest
     ts.net.train()
     window_start, waited, losses, logged = time.monotonic(), 0.0, [], 0
     fetch = time.monotonic()
+    d = w.cfg.data
+    stand_in = {"clip": torch.zeros((1, d.frames, d.crop, d.crop, 3), dtype=torch.uint8, device=w.device),
+                "label": torch.zeros(1, dtype=torch.int64, device=w.device)}
     while ts.epoch_step < steps_per_epoch:
-        batch = next(batches, None)
-        if batch is None:
+        got = next_iteration(w, batches, stand_in)
+        if got is None:
             break
         waited += time.monotonic() - fetch
-        losses.append(ts.train_step(w.step, batch["clip"], batch["label"]))
+        batch, n, weight = got
+        losses.append(ts.train_step(w.step, batch["clip"], batch["label"], n, weight))
         maybe_fault(w.ctx.fault, w.rank, ts.step, restored)
         if bar:
-            bar.update(t.batch_size * w.world)
+            bar.update(t.clips_per_iteration())
         if ts.step % t.log_every == 0 or ts.epoch_step == steps_per_epoch:
             n = len(losses) - logged  # steps since the last log
             window_loss = mean_over_workers(torch.stack(losses[logged:]).mean(), w.world)
             now = time.monotonic()
             seconds = now - window_start
             metrics = {"loss": window_loss, "lr": ts.sched.get_last_lr()[0],
-                       "clips_per_s": n * t.batch_size * w.world / seconds, "data_wait": waited / seconds}
+                       "clips_per_s": n * t.clips_per_iteration() / seconds, "data_wait": waited / seconds}
             if w.device.type == "cuda":
                 metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
             w.log(metrics, ts.step, background=True)
@@ -351,6 +351,8 @@ def train_epoch(w: Worker, ts: TrainState, batches: Iterator[dict], bar, *, rest
             window_start, waited, logged = now, 0.0, len(losses)
         if ts.step % t.checkpoint_every == 0 and ts.epoch_step < steps_per_epoch:
             w.report(ts, checkpoint=True)
+        elif ts.step % t.log_every == 0 and ts.epoch_step < steps_per_epoch and notice_of_preemption(w, ts):
+            w.report(ts, checkpoint=True)  # just in time: the restart resumes from here
         fetch = time.monotonic()
     if ts.epoch_step < steps_per_epoch:
         w.say(f"epoch {ts.epoch + 1} ended after {ts.epoch_step} of {steps_per_epoch} steps: the stream ran short")

@@ -89,12 +89,15 @@ def default_name(cfg: TrainConfig, store: Store) -> str:
 def schedule(cfg: TrainConfig, store: Store, clips: int, steps_per_epoch: int) -> str:
     """What the run will do, in the units the paper and the authors' code count: clips and iterations."""
     d, t = cfg.data, cfg.trainer
-    videos, batch = store.manifest["splits"][d.train_split]["videos"], t.batch_size * t.num_workers
+    videos, batch = store.manifest["splits"][d.train_split]["videos"], t.global_batch
     steps = steps_per_epoch * t.epochs
     drops = ", ".join(f"{int(m * steps):,}" for m in cfg.optim.milestones)
+    lo, hi = t.worker_range()
+    adds = "-".join(map(str, sorted({t.batches_per_iteration() // t.training_workers(w) for w in (hi, lo)})))
     return (f"{videos:,} videos x {d.clips_per_video} clip(s) = {clips:,} clips per epoch; "
             f"{t.epochs} epochs = {steps * batch:,} clips in {steps:,} iterations of {batch} clips "
-            f"({t.num_workers} workers x {t.batch_size}); lr drops at iterations {drops or 'none'}")
+            f"({lo if lo == hi else f'{lo}-{hi}'} workers x {t.batch_size}"
+            f"{'' if adds == '1' else f' x {adds} batches added up'}); lr drops at iterations {drops or 'none'}")
 
 
 def run_config(cfg: TrainConfig, name: str, verbose: bool):
@@ -172,10 +175,13 @@ def checked(args: argparse.Namespace) -> tuple[TrainConfig, dict | None, Store, 
     from train.data import clips_per_epoch
 
     clips = clips_per_epoch(store, cfg.data.train_split, cfg.data.clips_per_video)
-    steps_per_epoch = clips // cfg.trainer.num_workers // cfg.trainer.batch_size
+    t = cfg.trainer
+    key = "trainer.batch_size" if t.global_batch is None else "trainer.global_batch"
+    t.global_batch = t.clips_per_iteration()  # what MLflow records: the clips of each iteration, on any group
+    steps_per_epoch = clips // t.global_batch
     if steps_per_epoch < 1 and not args.eval_only:
-        raise ConfigError(f"config key 'trainer.batch_size': an epoch of the store's {clips} training clips "
-                          f"gives {cfg.trainer.num_workers} workers no full batch of {cfg.trainer.batch_size}")
+        raise ConfigError(f"config key '{key}': an epoch of the store's {clips} training clips holds no full "
+                          f"iteration of {t.global_batch} clips")
     return cfg, state, store, clips, steps_per_epoch
 
 
@@ -205,10 +211,11 @@ def fit(args: argparse.Namespace, cfg: TrainConfig, name: str, ctx) -> str:  # c
     from train.loop import eval_loop, train_loop
 
     t = cfg.trainer
+    scaling = ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, placement_strategy=t.placement,
+                                      resources_per_worker={"CPU": t.cpus_per_worker},
+                                      elastic_resize_monitor_interval_s=t.resize_interval_s)
     trainer = TorchTrainer(eval_loop if args.eval_only else train_loop, train_loop_config={"run": ctx},
-                           scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                                                  resources_per_worker={"CPU": t.cpus_per_worker},
-                                                                  placement_strategy=t.placement),
+                           scaling_config=scaling,
                            run_config=run_config(cfg, name, args.verbose))
     result = trainer.fit()
     epoch = int(result.metrics.get("epoch", 0)) if result.metrics else 0

@@ -100,8 +100,14 @@ class OptimConfig:
 @dataclass(kw_only=True)
 class TrainerConfig:
     epochs: int = 10  # an epoch draws data.clips_per_video clips from every training video (train/data.py)
-    batch_size: int = 8  # clips per worker per step
-    num_workers: int = 1  # Ray Train workers (one per GPU)
+    batch_size: int = 8  # clips per worker per forward pass: BatchNorm's batch, as the paper's 8 per GPU
+    # Ray Train workers (one per GPU); a range [min, max] trains elastically: the run starts with what
+    # fits (at least min), goes on with fewer when nodes go and grows back when they return.
+    num_workers: int | tuple[int, int] = 1
+    # Clips per iteration, whatever the workers: a smaller group accumulates gradients over several
+    # batches to reach it, so the lr and its schedule do not change. null: batch_size x num_workers.
+    global_batch: int | None = None
+    resize_interval_s: float = 60.0  # elastic: how often Ray Train looks for room to grow the group
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     placement: Literal["PACK", "SPREAD"] = "PACK"  # workers on as few nodes as fit, or over as many
@@ -125,6 +131,26 @@ class TrainerConfig:
     test_checkpoint: Literal["best", "last"] = "best"
     storage_path: str = os.path.join(HOME, "runs")  # checkpoints: a shared path or s3:// on a cluster
     shared_storage: bool = False  # local paths are on a filesystem every node mounts (NFS, EFS, Lustre)
+
+    def worker_range(self) -> tuple[int, int]:
+        """(fewest, most) workers: a fixed number is both."""
+        return tuple(self.num_workers) if isinstance(self.num_workers, tuple) else (self.num_workers,) * 2
+
+    def clips_per_iteration(self) -> int:
+        """The global batch: clips per optimiser step, at any number of workers."""
+        return self.global_batch or self.batch_size * self.worker_range()[1]
+
+    def batches_per_iteration(self) -> int:
+        """The global batch in batches of ``batch_size`` (BatchNorm's batch)."""
+        return self.clips_per_iteration() // self.batch_size
+
+    def training_workers(self, world: int) -> int:
+        """Of a group of ``world`` workers, how many train: the most that share the iteration's
+        batches evenly (each adds up as many). An elastic group of another size leaves the rest
+        waiting for the group to grow or shrink to one that divides them: 64 clips in batches of 8
+        train on 1, 2, 4 or 8 workers, so 6 workers train as 4."""
+        batches = self.batches_per_iteration()
+        return max(w for w in range(1, min(world, batches) + 1) if batches % w == 0)
 
 
 @dataclass(kw_only=True)
@@ -180,9 +206,8 @@ def value_ranges(cfg: TrainConfig) -> dict[str, tuple[object, bool, str]]:
                 "data.eval_short_side": d.eval_short_side, "data.test_clips": d.test_clips,
                 "data.clips_per_video": d.clips_per_video, "model.width": m.width,
                 "data.rows_per_task": d.rows_per_task, "trainer.epochs": t.epochs,
-                "trainer.batch_size": t.batch_size, "trainer.num_workers": t.num_workers,
-                "trainer.log_every": t.log_every, "trainer.checkpoint_every": t.checkpoint_every,
-                "trainer.val_every": t.val_every,
+                "trainer.batch_size": t.batch_size, "trainer.log_every": t.log_every,
+                "trainer.checkpoint_every": t.checkpoint_every, "trainer.val_every": t.val_every,
                 "trainer.keep_checkpoints": t.keep_checkpoints, "optim.lr_batch": o.lr_batch}
     ranges = {key: (value, value >= 1, ">= 1") for key, value in positive.items()}
     return ranges | {
@@ -203,6 +228,11 @@ def value_ranges(cfg: TrainConfig) -> dict[str, tuple[object, bool, str]]:
         "data.std": (d.std, min(d.std) > 0, "> 0 in every channel"),
         "data.loader_cpus": (d.loader_cpus, d.loader_cpus > 0, "> 0"),
         "data.shuffle_buffer": (d.shuffle_buffer, d.shuffle_buffer >= 0, ">= 0"),
+        "trainer.num_workers": (list(t.num_workers) if isinstance(t.num_workers, tuple) else t.num_workers,
+                                1 <= t.worker_range()[0] <= t.worker_range()[1], ">= 1, or a range [min, max] of them"),
+        "trainer.global_batch": (t.global_batch, t.global_batch is None or t.global_batch >= 1,
+                                 ">= 1, or null for batch_size x num_workers"),
+        "trainer.resize_interval_s": (t.resize_interval_s, t.resize_interval_s > 0, "> 0"),
         "trainer.cpus_per_worker": (t.cpus_per_worker, t.cpus_per_worker > 0, "> 0"),
         "trainer.bucket_mb": (t.bucket_mb, t.bucket_mb > 0, "> 0"),
         "trainer.max_failures": (t.max_failures, t.max_failures >= -1, ">= -1 (-1: without end)"),
@@ -211,11 +241,29 @@ def value_ranges(cfg: TrainConfig) -> dict[str, tuple[object, bool, str]]:
     }
 
 
+def check_workers(t: TrainerConfig) -> None:
+    """The global batch splits into whole batches, and a fixed group shares them evenly."""
+    lo, hi = t.worker_range()
+    clips, batches = t.clips_per_iteration(), t.batches_per_iteration()
+    if clips % t.batch_size:
+        raise ConfigError(f"config key 'trainer.global_batch' ({clips}) must be a whole number of batches of "
+                          f"trainer.batch_size ({t.batch_size}), BatchNorm's batch on each worker")
+    if hi > batches:
+        raise ConfigError(f"config key 'trainer.num_workers': {hi} workers, but an iteration of {clips} clips holds "
+                          f"{batches} batches of {t.batch_size}: at most {batches} workers train")
+    if lo == hi and t.training_workers(lo) != lo:  # a fixed group that cannot all train is a mistake
+        fits = [w for w in range(1, batches + 1) if batches % w == 0]
+        raise ConfigError(f"config key 'trainer.num_workers': {lo} workers cannot share the {batches} batches of "
+                          f"{t.batch_size} clips of an iteration ({clips} clips) evenly; choose "
+                          f"{', '.join(map(str, fits))}, or another trainer.global_batch")
+
+
 def check_values(cfg: TrainConfig) -> None:
     """Every value range, then the rules that tie keys together."""
     for key, (value, holds, words) in value_ranges(cfg).items():
         if not holds:
             raise ConfigError(f"config key '{key}' must be {words}, got {value}")
+    check_workers(cfg.trainer)
     d, m = cfg.data, cfg.model
     lo, hi = d.train_short_side
     if not d.crop <= lo <= hi:

@@ -4,6 +4,7 @@ exposed or secret; the Dockerfile builds where a docker daemon runs."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -102,6 +103,17 @@ def test_gpu_nodes_reach_each_other_over_efa():
     assert not any("NetworkInterfaces" in types[t]["node_config"] for t in ("head", "cpu"))
 
 
+def test_spot_gpu_nodes_are_the_gpu_nodes_on_spot_and_pass_the_reclaim_notice_on():
+    types = yaml.safe_load((CLUSTER / "aws.yaml").read_text())["available_node_types"]
+    spot, gpu = types["gpu_spot"], types["gpu"]
+    assert spot["node_config"]["InstanceMarketOptions"] == {"MarketType": "spot"}
+    assert {k: v for k, v in spot["node_config"].items() if k != "InstanceMarketOptions"} == gpu["node_config"]
+    assert "InstanceMarketOptions" not in gpu["node_config"] and "InstanceMarketOptions" not in types["head"]
+    assert spot["worker_setup_commands"][0] == gpu["worker_setup_commands"][0]  # EFA as on demand
+    assert "cluster/spot_notice.py" in spot["worker_setup_commands"][1]
+    assert (CLUSTER / "spot_notice.py").is_file() and spot["min_workers"] == 0
+
+
 def test_kuberay_manifests_are_complete_and_consistent():
     kinds = kuberay()
     (ray_cluster,) = kinds["RayCluster"]
@@ -133,6 +145,13 @@ def test_kuberay_manifests_are_complete_and_consistent():
         assert secret == {"name": "mlflow-auth", "key": "password"}
     for g in groups.values():
         assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+    # The gpu group on spot capacity: the same worker, which passes the reclaim notice on to Ray.
+    spot = groups["gpu-spot"]["template"]["spec"]
+    (worker,) = spot["containers"]
+    assert {k: v for k, v in worker.items() if k != "lifecycle"} == groups["gpu"]["template"]["spec"]["containers"][0]
+    assert "cluster/spot_notice.py" in " ".join(worker["lifecycle"]["postStart"]["exec"]["command"])
+    assert "spot" in json.dumps(spot["nodeSelector"]).lower() and spot["volumes"] == groups["gpu"]["template"][
+        "spec"]["volumes"]
     images = {c["image"] for kind in kinds.values() for d in kind for c in containers(d)}
     assert images == {"REGISTRY/cost-on-ray:0.1.0"}  # one image, built by cluster/Dockerfile
     assert job["spec"]["clusterSelector"]["ray.io/cluster"] == ray_cluster["metadata"]["name"]

@@ -32,7 +32,7 @@ def test_imagenet_weights_and_states_load_from_s3(s3_server, tmp_path):
 
 
 def test_a_32_frame_model_is_fine_tuned_from_an_8_frame_checkpoint(tmp_path):
-    from train.loop import init_from_checkpoint
+    from train.checkpoints import init_from_checkpoint
 
     small = dict(blocks=(1, 1, 1, 1), width=8)
     eight = build_model("cost_b", num_classes=5, **small)

@@ -40,9 +40,9 @@ def test_the_core_learns_a_batch_in_a_few_steps(arch):
     """The demo's optimiser and step, with clipping, on one batch of 8 random clips: the loss falls."""
     torch.manual_seed(0)
     cfg = load_config(TrainConfig, ROOT / "configs" / "tiny_synthetic.yaml",
-                      ["data.store=unused", "optim.clip_grad=1", "optim.warmup_epochs=0.5"])
+                      ["data.store=unused", "optim.clip_grad=1", "optim.warmup_epochs=0.5", "trainer.num_workers=1"])
     model = build_model(arch, num_classes=4, blocks=(1, 1, 1, 1), width=8, pool2="none")
-    opt, sched = optimizer(model, cfg, world=1, steps_per_epoch=10)
+    opt, sched = optimizer(model, cfg, steps_per_epoch=10)
     step = Step.for_config(cfg, "cpu")
     clips = torch.randint(0, 256, (8, 4, 32, 32, 3), dtype=torch.uint8)
     labels = torch.arange(8) % 4
@@ -68,7 +68,7 @@ def test_every_branch_a_gpu_run_takes_trains_on_cpu(arch, overrides):
     torch.manual_seed(0)
     cfg = load_config(TrainConfig, ROOT / "configs" / "tiny_synthetic.yaml",
                       ["data.store=unused", f"model.arch={arch}", "optim.clip_grad=1", "optim.warmup_epochs=0.5",
-                       *overrides])
+                       "trainer.num_workers=1", *overrides])
     step = Step.for_config(cfg, "cpu")
     model = step.place(make_model(cfg.model, 4))  # the demo's model
     assert step.channels_last == (cfg.trainer.channels_last is True)
@@ -77,7 +77,7 @@ def test_every_branch_a_gpu_run_takes_trains_on_cpu(arch, overrides):
     # Dynamo's capture and AOT autograd, as on a GPU; inductor's C++ code generation, CPU-only and
     # ~1 min for this model, is left out (CUDA generates Triton code instead).
     net = torch.compile(model, backend="aot_eager", fullgraph=True) if cfg.trainer.compile else model
-    opt, sched = optimizer(model, cfg, world=1, steps_per_epoch=10)
+    opt, sched = optimizer(model, cfg, steps_per_epoch=10)
     clips = torch.randint(0, 256, (8, 8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(8) % 4
     losses = [float(step(net, opt, sched, clips, labels)) for _ in range(12)]
@@ -92,7 +92,7 @@ def test_the_lr_warms_up_linearly_then_drops_at_each_milestone(warmup_epochs, mi
                       ["data.store=unused", f"optim.warmup_epochs={warmup_epochs}", f"optim.milestones={milestones}",
                        "optim.gamma=0.1", "trainer.epochs=4", "model.arch=cost_a", "optim.cost_a_lr_scale=30"])
     model = make_model(cfg.model, 4)
-    opt, sched = optimizer(model, cfg, world=2, steps_per_epoch=10)
+    opt, sched = optimizer(model, cfg, steps_per_epoch=10)  # the demo's global batch: 2 workers x 16
     coef = {id(p) for n, p in model.named_parameters() if n.endswith("alpha_logits")}
     assert [{id(p) for p in g["params"]} & coef for g in opt.param_groups] == [set(), coef]
     peak = cfg.optim.lr * cfg.trainer.batch_size * 2 / cfg.optim.lr_batch
@@ -119,7 +119,7 @@ def test_a_train_state_restored_from_its_state_dict_goes_on_as_if_never_stopped(
         model = build_model("cost_a", num_classes=4, blocks=(1, 1, 1, 1), width=8, pool2="none", dropout=0.0)
         if state:
             model.load_state_dict(state["model"])
-        ts = TrainState(model, model, *optimizer(model, cfg, world=1, steps_per_epoch=4))
+        ts = TrainState(model, model, *optimizer(model, cfg, steps_per_epoch=4))
         if state:
             ts.restore(state)
         return ts
@@ -224,3 +224,67 @@ def test_channels_last_gradients_fit_ddps_buckets(tmp_path):
     mp.start_processes(_ddp_step_warnings, args=(str(tmp_path / "store"), str(tmp_path / "warnings")), nprocs=1,
                        start_method="spawn")
     assert "Grad strides" not in (tmp_path / "warnings").read_text()
+
+
+def _accumulated_step(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of a gloo group of ``world``: one DDP step in which ranks 0 and 1 each add up 2
+    batches of 2 clips (their half of 8) and any other rank waits, stepping on a stand-in clip
+    weighted 0 (train/elastic.py); its parameters after the step, and how many bucket all-reduces
+    that step and a one-batch step each made."""
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = build_model("cost_b", num_classes=4, blocks=(1, 1, 1, 1), width=8, pool2="none", dropout=0.0)
+    net = nn.parallel.DistributedDataParallel(model)
+    calls = []
+
+    def counted(group, bucket):  # DDP's own averaging, counted
+        calls.append(1)
+        return dist.all_reduce(bucket.buffer().div_(world), async_op=True).get_future().then(lambda f: f.value()[0])
+
+    net.register_comm_hook(None, counted)
+    clips, labels = accumulation_batch()
+    mine = (clips[4 * rank:4 * rank + 4], labels[4 * rank:4 * rank + 4], 2, world / 4) if rank < 2 else \
+        (torch.zeros_like(clips[:1]), labels[:1], 1, 0.0)
+    step, opt = Step("cpu", mean=(0.5,) * 3, std=(0.2,) * 3), torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    step(net, opt, sched, *mine)
+    after, added_up = {n: p.detach().clone() for n, p in model.named_parameters()}, len(calls)
+    step(net, opt, sched, *mine[:2])
+    torch.save({"params": after, "added_up": added_up, "one": len(calls) - added_up}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def accumulation_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    clips = torch.randint(0, 256, (8, 4, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    return clips, torch.arange(8) % 4
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_batches_added_up_step_as_a_larger_group_would(world, tmp_path):
+    """The global batch on fewer workers (trainer.global_batch): 2 workers adding up 2 batches of 2
+    clips each take the same step as one worker adding up all 4 batches - the mean over 8 clips,
+    BatchNorm over each batch of 2 - also beside a third worker that waits (4 batches do not share
+    among 3); DDP all-reduces once per step, not once per batch."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_accumulated_step, args=(world, port, str(tmp_path)), nprocs=world, start_method="spawn")
+    torch.manual_seed(0)
+    model = build_model("cost_b", num_classes=4, blocks=(1, 1, 1, 1), width=8, pool2="none", dropout=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    Step("cpu", mean=(0.5,) * 3, std=(0.2,) * 3)(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                                                 *accumulation_batch(), 4)
+    for rank in range(world):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        for name, p in model.named_parameters():
+            assert torch.allclose(got["params"][name], p.detach(), atol=1e-6), (rank, name)
+        assert got["added_up"] == got["one"] >= 1

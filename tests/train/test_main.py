@@ -18,8 +18,10 @@ from mlflow.tracking import MlflowClient
 import train.main
 from pipeline.prepare import main as prepare
 from pipeline.store import Store
+from train.config import ConfigError, load_config
 from train.data import clips_per_epoch
 from train.main import main
+from train.settings import TrainConfig, check_values
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "tiny_synthetic.yaml")
@@ -175,6 +177,8 @@ def test_a_stopped_run_resumes_at_the_next_epoch_with_its_bar_and_not_rays_info_
     ("trainer.epochs=0", "trainer.epochs"),
     ("data.frames=0", "data.frames"),
     ("tracking.uri=http://127.0.0.1:9", "tracking.uri"),  # an MLflow server that does not answer (port 9: discard)
+    ("trainer.num_workers=[2, 1]", "trainer.num_workers"),
+    ("trainer.global_batch=48", "trainer.num_workers"),  # 3 batches of 16 an iteration: not even on 2 workers
 ])
 def test_bad_config_fails_before_ray_starts(store, mlflow_server, tmp_path, monkeypatch, capsys, override, key):
     def no_ray(*a, **k):
@@ -188,6 +192,24 @@ def test_bad_config_fails_before_ray_starts(store, mlflow_server, tmp_path, monk
         extra += ["model.conv1_zero_mean=false"]
     assert main(args(store, mlflow_server, tmp_path, *extra)) == 2
     assert f"'{key}'" in capsys.readouterr().err
+
+
+def test_a_range_of_workers_keeps_the_global_batch():
+    """trainer.num_workers=[min, max]: every group size trains iterations of the global batch, the
+    most workers that share its batches evenly each adding up its part; a fixed group that cannot
+    share them, a group larger than the batches, or a global batch of no whole batches is refused."""
+    paper = ["data.store=unused", "trainer.batch_size=8", "trainer.global_batch=64"]  # the paper's 8 GPUs x 8
+    t = load_config(TrainConfig, CONFIG, [*paper, "trainer.num_workers=[2, 8]"]).trainer
+    check_values(load_config(TrainConfig, CONFIG, [*paper, "trainer.num_workers=[2, 8]"]))
+    assert t.worker_range() == (2, 8) and t.batches_per_iteration() == 8
+    assert [t.training_workers(w) for w in range(2, 9)] == [2, 2, 4, 4, 4, 4, 8]  # 6 workers train as 4
+    t = load_config(TrainConfig, CONFIG, ["data.store=unused", "trainer.num_workers=4"]).trainer
+    assert t.clips_per_iteration() == 64 and t.training_workers(4) == 4  # today's: batch_size x workers
+    for override, refused in [("trainer.num_workers=3", r"3 workers cannot share the 8 batches .* choose 1, 2, 4, 8,"),
+                              ("trainer.num_workers=[4, 16]", r"16 workers, but .* at most 8 workers train"),
+                              ("trainer.global_batch=60", r"'trainer.global_batch' \(60\) must be a whole number")]:
+        with pytest.raises(ConfigError, match=refused):
+            check_values(load_config(TrainConfig, CONFIG, [*paper, override]))
 
 
 def test_a_damaged_checkpoint_to_fine_tune_from_fails_before_ray_starts(store, mlflow_server, tmp_path,
@@ -325,3 +347,17 @@ def test_a_full_disk_for_mlflow_artifacts_is_one_line_and_leaves_no_half_made_ru
     assert line.startswith(f"train: no space left on the device writing file://{disk / 'mlartifacts'}/")
     assert "then run the same command again" in line and "\n" not in line
     assert MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("tests").experiment_id]) == []
+
+
+@pytest.mark.slow
+def test_a_group_that_cannot_share_the_batches_trains_on_the_most_that_can(store, mlflow_server, tmp_path, runs):
+    """An elastic range whose group of 3 cannot share an iteration's 4 batches of 8 evenly: 2 workers
+    train, adding up 2 batches each, the third waits; every iteration is still 32 clips."""
+    run = args(store, mlflow_server, tmp_path, "name=three", *runs.tiny, "trainer.num_workers=[1, 3]",
+               "trainer.batch_size=8", "trainer.global_batch=32")
+    assert main(run) == 0
+    found = runs.named(mlflow_server, "tests", "three")
+    assert found.data.metrics["world_size"] == 3 and found.data.metrics["training_workers"] == 2
+    steps = clips_per_epoch(Store(store), "train", 2) // 32  # runs.tiny: 2 clips a video, 1 epoch
+    assert [s for s, _ in history(mlflow_server, found.info.run_id, "train_loss")] == [steps]
+    assert found.data.params["trainer.global_batch"] == "32" and found.data.metrics["test_top1"] >= 0
