@@ -18,10 +18,8 @@ from mlflow.tracking import MlflowClient
 import train.main
 from pipeline.prepare import main as prepare
 from pipeline.store import Store
-from train.config import ConfigError, load_config
 from train.data import clips_per_epoch
 from train.main import main
-from train.settings import TrainConfig, check_values
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "tiny_synthetic.yaml")
@@ -192,24 +190,6 @@ def test_bad_config_fails_before_ray_starts(store, mlflow_server, tmp_path, monk
         extra += ["model.conv1_zero_mean=false"]
     assert main(args(store, mlflow_server, tmp_path, *extra)) == 2
     assert f"'{key}'" in capsys.readouterr().err
-
-
-def test_a_range_of_workers_keeps_the_global_batch():
-    """trainer.num_workers=[min, max]: every group size trains iterations of the global batch, the
-    most workers that share its batches evenly each adding up its part; a fixed group that cannot
-    share them, a group larger than the batches, or a global batch of no whole batches is refused."""
-    paper = ["data.store=unused", "trainer.batch_size=8", "trainer.global_batch=64"]  # the paper's 8 GPUs x 8
-    t = load_config(TrainConfig, CONFIG, [*paper, "trainer.num_workers=[2, 8]"]).trainer
-    check_values(load_config(TrainConfig, CONFIG, [*paper, "trainer.num_workers=[2, 8]"]))
-    assert t.worker_range() == (2, 8) and t.batches_per_iteration() == 8
-    assert [t.training_workers(w) for w in range(2, 9)] == [2, 2, 4, 4, 4, 4, 8]  # 6 workers train as 4
-    t = load_config(TrainConfig, CONFIG, ["data.store=unused", "trainer.num_workers=4"]).trainer
-    assert t.clips_per_iteration() == 64 and t.training_workers(4) == 4  # today's: batch_size x workers
-    for override, refused in [("trainer.num_workers=3", r"3 workers cannot share the 8 batches .* choose 1, 2, 4, 8,"),
-                              ("trainer.num_workers=[4, 16]", r"16 workers, but .* at most 8 workers train"),
-                              ("trainer.global_batch=60", r"'trainer.global_batch' \(60\) must be a whole number")]:
-        with pytest.raises(ConfigError, match=refused):
-            check_values(load_config(TrainConfig, CONFIG, [*paper, override]))
 
 
 def test_a_damaged_checkpoint_to_fine_tune_from_fails_before_ray_starts(store, mlflow_server, tmp_path,

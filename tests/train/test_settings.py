@@ -23,6 +23,7 @@ from train.settings import (
 )
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny_synthetic.yaml"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -33,7 +34,7 @@ def test_config_loads_and_checks(path):
         o, d, m, t = cfg.optim, cfg.data, cfg.model, cfg.trainer
         # The authors' schedule: lr 0.01 for 64 clips (= the paper's 0.005 for 32), / 10 at 1/2 and 3/4.
         assert (o.lr, o.lr_batch, o.momentum, o.weight_decay, o.milestones) == (0.01, 64, 0.9, 1e-4, (0.5, 0.75))
-        assert t.batch_size * t.num_workers == 64 and o.clip_grad == 40 and o.warmup_epochs == 0
+        assert t.batch_size * t.num_workers == t.global_batch == 64 and o.clip_grad == 40 and o.warmup_epochs == 0
         assert (d.train_short_side, d.crop, d.eval_short_side, d.test_clips) == ((256, 320), 224, 256, 10)
         assert d.clips_per_video == 1 and d.test_protocol == "full" and d.flip
         depth, frames = path.stem.split("_")[1:]
@@ -118,3 +119,21 @@ def test_local_paths_become_absolute_and_urls_stay(tmp_path, monkeypatch):
 def test_the_config_offers_every_cost_formulation():
     assert get_args(get_type_hints(ModelConfig)["cost_impl"]) == IMPLS
     assert get_args(get_type_hints(DataConfig)["test_protocol"]) == PROTOCOLS  # the views eval_views makes
+
+
+def test_a_range_of_workers_keeps_the_global_batch():
+    """trainer.num_workers=[min, max]: every group size trains iterations of the global batch, the
+    most workers that share its batches evenly each adding up its part; a fixed group that cannot
+    share them, a group larger than the batches, or a global batch of no whole batches is refused."""
+    paper = ["data.store=unused", "trainer.batch_size=8", "trainer.global_batch=64"]  # the paper's 8 GPUs x 8
+    t = load_config(TrainConfig, TINY, [*paper, "trainer.num_workers=[2, 8]"]).trainer
+    check_values(load_config(TrainConfig, TINY, [*paper, "trainer.num_workers=[2, 8]"]))
+    assert t.worker_range() == (2, 8) and t.batches_per_iteration() == 8
+    assert [t.training_workers(w) for w in range(2, 9)] == [2, 2, 4, 4, 4, 4, 8]  # 6 workers train as 4
+    t = load_config(TrainConfig, TINY, ["data.store=unused", "trainer.num_workers=4"]).trainer
+    assert t.clips_per_iteration() == 64 and t.training_workers(4) == 4  # today's: batch_size x workers
+    for override, refused in [("trainer.num_workers=3", r"3 workers cannot share the 8 batches .* choose 1, 2, 4, 8,"),
+                              ("trainer.num_workers=[4, 16]", r"16 workers, but .* at most 8 workers train"),
+                              ("trainer.global_batch=60", r"'trainer.global_batch' \(60\) must be a whole number")]:
+        with pytest.raises(ConfigError, match=refused):
+            check_values(load_config(TrainConfig, TINY, [*paper, override]))
