@@ -87,7 +87,7 @@ def naming(url: str) -> Iterator[None]:
         yield
     except OSError as e:
         code = errno.EACCES if e.errno is None and isinstance(e, PermissionError) else e.errno  # s3fs's has none
-        if e.filename or code is None:
+        if e.filename or code is None or type(e).__module__ != "builtins":  # another library's: its own form
             raise
         raise type(e)(code, e.strerror or str(e), url) from e
 

@@ -31,8 +31,7 @@ DEMO_CONFIG = [(r"^(.*)configs/(kinetics400|moments)_r\d+_\d+f\.yaml(.*)$",
                 r"\1configs/tiny_synthetic.yaml\3 data.stride=8 tracking.experiment=cost-\2"),
                (r"model\.pretrained=\S+", "model.pretrained=none"),
                (r"trainer\.num_workers=\d+", "trainer.num_workers=2"),
-               (r"trainer\.num_workers=\[\d+, \d+\]", "trainer.num_workers=[1, 2]"),  # 2 batches of 16
-               (r"trainer\.global_batch=\d+", "trainer.global_batch=32")]
+               (r"trainer\.num_workers=\[\d+, \d+\]", "trainer.num_workers=[1, 2]")]  # 2 batches of 16
 # The cluster's blocks, checked in tests/cluster/test_local_cluster.py on a cluster of its own.
 LOCAL_CLUSTER_BLOCK = "cluster/local.py up"
 

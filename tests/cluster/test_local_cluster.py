@@ -181,12 +181,12 @@ def test_an_elastic_run_shrinks_when_a_node_goes_and_grows_back(cluster, store, 
     ends after the iterations of an uninterrupted one."""
     name = "elastic"
     overrides = train_args(cluster, store, name, "trainer.num_workers=[1, 2]", "trainer.cpus_per_worker=2",
-                           "trainer.global_batch=32", "trainer.epochs=12", "trainer.checkpoint_every=100",
+                           "trainer.global_batch=32", "trainer.epochs=10", "trainer.checkpoint_every=100",
                            "trainer.max_failures=3", "trainer.resize_interval_s=10",
                            f"tracking.uri={cluster['mlflow']}")
     # Ray Train waits this long for a group of the old size before it starts a smaller one (60 s by
     # default: bench/RESULTS.md has the time lost with it); shorter here, for CI's time.
-    env = {**os.environ, **cluster["env"], "PYTHONPATH": str(ROOT), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "15"}
+    env = {**os.environ, **cluster["env"], "PYTHONPATH": str(ROOT), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10"}
     log = cluster["root"] / "elastic.log"
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": cluster["s3_endpoint"]})
     with open(log, "w") as out:
