@@ -215,6 +215,29 @@ def run_in_terminal(cmd: list[str], timeout: float) -> tuple[int, str]:
 
 
 @pytest.fixture
+def small_disk(tmp_path):
+    """``make(size_mb, free_kb)``: a tmpfs of ``size_mb`` MB with a filler file that leaves about
+    ``free_kb`` KB free, as ``(folder, filler)``; unmounted after the test. The test is skipped where
+    this machine cannot mount one (it needs root)."""
+    mounted = []
+
+    def make(size_mb: int, free_kb: int) -> tuple[Path, Path]:
+        disk = tmp_path / f"disk-{len(mounted)}"
+        disk.mkdir()
+        mount = ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(disk)]
+        if subprocess.run(mount, capture_output=True).returncode:
+            pytest.skip("this machine cannot mount a small tmpfs here (needs root)")
+        mounted.append(disk)
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (size_mb * 1024 - free_kb) * 1024)
+        return disk, filler
+
+    yield make
+    for disk in mounted:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.fixture
 def in_terminal():
     """``run_in_terminal``: a command-line tool as a user sees it in a terminal."""
     return run_in_terminal

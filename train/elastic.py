@@ -30,13 +30,18 @@ if TYPE_CHECKING:
 # ``w`` below is train/loop.py's Worker (not imported: loop imports this module).
 
 
-def next_iteration(w, batches: Iterator[dict] | None, stand_in: dict) -> tuple[dict, int, float] | None:
+def next_iteration(w, batches: Iterator[dict] | None) -> tuple[dict, int, float] | None:
     """This worker's clips of the next iteration, the batches they make, and the weight of each
     batch's loss (DDP averages over the whole group); None when the stream has ended. A waiting
-    worker steps on ``stand_in`` with weight 0, so that every worker all-reduces each iteration."""
-    t = w.cfg.trainer
+    worker (``batches`` None) steps on one blank clip with weight 0, so that every worker
+    all-reduces each iteration."""
+    t, d = w.cfg.trainer, w.cfg.data
     parts, per_iteration = t.training_workers(w.world), t.batches_per_iteration()
-    batch = stand_in if batches is None else next(batches, None)
+    if batches is None:
+        batch = {"clip": torch.zeros((1, d.frames, d.crop, d.crop, 3), dtype=torch.uint8, device=w.device),
+                 "label": torch.zeros(1, dtype=torch.int64, device=w.device)}
+    else:
+        batch = next(batches, None)
     if parts < w.world:  # the waiting workers have no stream: every worker learns whether it went on
         going = torch.tensor([batch is not None], dtype=torch.int32, device=w.device)
         dist.all_reduce(going, op=dist.ReduceOp.MIN)

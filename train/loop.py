@@ -318,11 +318,8 @@ def train_epoch(w: Worker, ts: TrainState, batches: Iterator[dict] | None, bar, 
     ts.net.train()
     window_start, waited, losses, logged = time.monotonic(), 0.0, [], 0
     fetch = time.monotonic()
-    d = w.cfg.data
-    stand_in = {"clip": torch.zeros((1, d.frames, d.crop, d.crop, 3), dtype=torch.uint8, device=w.device),
-                "label": torch.zeros(1, dtype=torch.int64, device=w.device)}
     while ts.epoch_step < steps_per_epoch:
-        got = next_iteration(w, batches, stand_in)
+        got = next_iteration(w, batches)
         if got is None:
             break
         waited += time.monotonic() - fetch

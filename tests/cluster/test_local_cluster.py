@@ -130,22 +130,14 @@ def test_mlflow_refuses_a_client_without_its_sign_in(cluster, store):
     assert Path(cluster["mlflow_password"]).stat().st_mode & 0o077 == 0
 
 
-def registered_checkpoint(fs: s3fs.S3FileSystem, run_dir: str) -> bool:
-    """Ray Train's controller has registered a checkpoint (its snapshot in the run folder names one).
-    One only written to storage is not yet what a restarted group resumes from (docs/training.md, "Checkpoints")."""
-    fs.invalidate_cache()
-    snapshots = [p for p in fs.find(run_dir) if p.endswith("checkpoint_manager_snapshot.json")]
-    return any(json.loads(fs.cat(p))["latest_checkpoint_result"] for p in snapshots)
-
-
 def checkpoint_step(fs: s3fs.S3FileSystem, run_dir: str) -> int | None:
-    """The step of the latest checkpoint Ray Train's controller has registered, if any."""
+    """The step of the latest checkpoint Ray Train's controller has registered (its snapshot in the
+    run folder names one), if any. One only written to storage is not yet what a restarted group
+    resumes from (docs/training.md, "Checkpoints")."""
     fs.invalidate_cache()
-    for p in fs.find(run_dir):
-        if p.endswith("checkpoint_manager_snapshot.json"):
-            latest = json.loads(fs.cat(p))["latest_checkpoint_result"]
-            return latest and latest["metrics"]["step"]
-    return None
+    snapshots = [json.loads(fs.cat(p))["latest_checkpoint_result"] for p in fs.find(run_dir)
+                 if p.endswith("checkpoint_manager_snapshot.json")]
+    return max((latest["metrics"]["step"] for latest in snapshots if latest), default=None)
 
 
 def expected_lrs(cfg_args: list[str], steps_per_epoch: int) -> dict[int, float]:
@@ -192,7 +184,7 @@ def test_an_elastic_run_shrinks_when_a_node_goes_and_grows_back(cluster, store, 
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, *overrides], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_for(proc, log, lambda: registered_checkpoint(fs, f"{cluster['bucket']}/runs/{name}"), 300)
+            wait_for(proc, log, lambda: checkpoint_step(fs, f"{cluster['bucket']}/runs/{name}") is not None, 300)
             local.drain_node(cluster["root"] / "c", 1, deadline_s=60)  # a spot reclaim's notice
             wait_for(proc, log, lambda: re.search(r"to be reclaimed, \d+ s from now: a checkpoint at step (\d+)",
                                                   log.read_text()), 120)
@@ -248,7 +240,7 @@ def test_a_comparison_job_spread_over_both_nodes_survives_losing_one(cluster, st
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 300
-            while not registered_checkpoint(fs, f"{cluster['bucket']}/runs/{name}"):
+            while checkpoint_step(fs, f"{cluster['bucket']}/runs/{name}") is None:
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
                 time.sleep(1)
             local.kill_node(cluster["root"] / "c", 1)

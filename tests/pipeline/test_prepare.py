@@ -366,22 +366,15 @@ def test_a_place_without_permission_is_one_line(kinetics, tmp_path, ray_cluster)
         subprocess.run([*unlock, str(locked)], check=True)
 
 
-def test_a_full_disk_is_one_line_and_the_same_command_then_finishes(kinetics, tmp_path, ray_cluster):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("this machine cannot mount a small tmpfs here (needs root)")
-    try:
-        (disk / "filler").write_bytes(b"\0" * (4096 - 96) * 1024)  # 96 KB left; the store takes ~1.8 MB
-        base = ["--dataset", "kinetics", "--root", str(kinetics), "--videos-per-shard", "1", "--workers", "1"]
-        full = rf"^prepare: no space left on the device writing {disk}/store/\S+: free space .* the same command "
-        with pytest.raises(SystemExit, match=full):
-            prepare(base + ["--out", str(disk / "store")])
-        assert not (disk / "store" / "manifest.json").exists()
-        (disk / "filler").unlink()
-        assert prepare(base + ["--out", str(disk / "store")]) == 0  # what was written whole is kept and used
-        prepare(base + ["--out", str(tmp_path / "alone")])
-        assert store_rows(Store(str(disk / "store"))) == store_rows(Store(str(tmp_path / "alone")))
-        assert not list((disk / "store").rglob("*.tmp-*"))
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
+def test_a_full_disk_is_one_line_and_the_same_command_then_finishes(kinetics, tmp_path, ray_cluster, small_disk):
+    disk, filler = small_disk(4, 96)  # 96 KB left; the store takes ~1.8 MB
+    base = ["--dataset", "kinetics", "--root", str(kinetics), "--videos-per-shard", "1", "--workers", "1"]
+    full = rf"^prepare: no space left on the device writing {disk}/store/\S+: free space .* the same command "
+    with pytest.raises(SystemExit, match=full):
+        prepare(base + ["--out", str(disk / "store")])
+    assert not (disk / "store" / "manifest.json").exists()
+    filler.unlink()
+    assert prepare(base + ["--out", str(disk / "store")]) == 0  # what was written whole is kept and used
+    prepare(base + ["--out", str(tmp_path / "alone")])
+    assert store_rows(Store(str(disk / "store"))) == store_rows(Store(str(tmp_path / "alone")))
+    assert not list((disk / "store").rglob("*.tmp-*"))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from cluster.local import free_port
 from train.checkpoints import make_model
 from train.config import load_config
 from train.core import Step, TrainState, normalize, optimizer
@@ -172,14 +173,9 @@ def _ddp_gradients(rank: int, port: int, out: str) -> None:
 def test_gradients_cross_the_group_as_bf16_and_average_as_fp32_would(tmp_path):
     """trainer.grad_compression=bf16 on gloo, as CPU runs use it: both ranks end with the same
     gradients, the fp32 average to bf16's precision and not exactly (they did travel as bf16)."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_ddp_gradients, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_ddp_gradients, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for a, b, fp32 in zip(ranks[0]["got"], ranks[1]["got"], ranks[0]["fp32"], strict=True):
         assert torch.equal(a, b) and a.dtype == torch.float32
@@ -270,14 +266,10 @@ def test_batches_added_up_step_as_a_larger_group_would(world, tmp_path):
     clips each take the same step as one worker adding up all 4 batches - the mean over 8 clips,
     BatchNorm over each batch of 2 - also beside a third worker that waits (4 batches do not share
     among 3); DDP all-reduces once per step, not once per batch."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_accumulated_step, args=(world, port, str(tmp_path)), nprocs=world, start_method="spawn")
+    mp.start_processes(_accumulated_step, args=(world, free_port(), str(tmp_path)), nprocs=world,
+                       start_method="spawn")
     torch.manual_seed(0)
     model = build_model("cost_b", num_classes=4, blocks=(1, 1, 1, 1), width=8, pool2="none", dropout=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

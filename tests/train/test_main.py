@@ -280,27 +280,10 @@ def test_the_stride_comes_from_the_store_unless_the_config_names_one(store, mlfl
     assert cfg.data.stride == Store(store).manifest["params"]["stride"] == 8
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 16 MB tmpfs with 96 KB free (a checkpoint of the demo's model takes ~4.3 MB): ``(folder, filler)``."""
-    import subprocess
-
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("this machine cannot mount a small tmpfs here (needs root)")
-    filler = disk / "filler"
-    filler.write_bytes(b"\0" * (16384 - 96) * 1024)
-    try:
-        yield disk, filler
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
-
-
 @pytest.mark.slow
 def test_a_full_disk_for_checkpoints_is_one_line_and_the_same_command_then_finishes(store, mlflow_server, tmp_path,
                                                                                    small_disk, runs):
-    disk, filler = small_disk
+    disk, filler = small_disk(16, 96)  # a checkpoint of the demo's model takes ~4.3 MB
     run = args(store, mlflow_server, tmp_path, "name=full", "trainer.max_failures=0", *runs.tiny,
                f"trainer.storage_path={disk / 'runs'}")
     with pytest.raises(SystemExit) as e:
@@ -318,7 +301,7 @@ def test_a_full_disk_for_mlflow_artifacts_is_one_line_and_leaves_no_half_made_ru
                                                                                   monkeypatch):
     """A local MLflow store whose artifacts (COST_HOME/mlartifacts) lie on a full disk: the run's
     first artifact, its config.yaml, is refused as the run opens, before any training."""
-    disk, filler = small_disk
+    disk, filler = small_disk(16, 96)
     with filler.open("ab") as f, contextlib.suppress(OSError):
         f.write(b"\0" * 96 * 1024)  # the disk full
     monkeypatch.setattr(train.tracking, "HOME", str(disk))
