@@ -39,13 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable from a bare checkout
 from pipeline.prepare import main as prepare  # noqa: E402
 from pipeline.session import ray_session  # noqa: E402
-from pipeline.store import Store  # noqa: E402
 from pipeline.synthetic import write_video  # noqa: E402
-from train.checkpoints import make_model  # noqa: E402
 from train.config import load_config  # noqa: E402
-from train.core import Step, optimizer  # noqa: E402
-from train.data import clips_per_epoch, epoch_plan, shard_clips, shard_videos  # noqa: E402
-from train.evaluate import video_probs  # noqa: E402
+from train.fit import fit as train_in_process  # noqa: E402
 from train.settings import TrainConfig  # noqa: E402
 
 ARCHS = ("c2d", "c3d", "cost_a", "cost_b")
@@ -117,33 +113,12 @@ def make_store(work: Path, layout: str, size: float, speed: float, frames: int, 
 
 def fit(store_url: str, arch: str, *, seed: int = 1, overrides: tuple[str, ...] = ()
         ) -> tuple[torch.nn.Module, TrainConfig, float]:
-    """(model, config, test top-1) of configs/tiny_synthetic.yaml trained in this process: the
-    loader's own clip cutting per epoch, in iterations of the config's global batch."""
-    torch.manual_seed(seed)
+    """(model, config, test top-1) of configs/tiny_synthetic.yaml on ``store_url``, trained in this
+    process by the product's own run without Ray (train/fit.py)."""
     cfg = load_config(TrainConfig, ROOT / "configs" / "tiny_synthetic.yaml",
                       [f"data.store={store_url}", f"model.arch={arch}", *overrides])
-    store, d = Store(store_url), cfg.data
-    model = make_model(cfg.model, len(store.classes))
-    batch = cfg.trainer.clips_per_iteration()
-    steps_per_epoch = clips_per_epoch(store, "train", d.clips_per_video) // batch
-    opt, sched = optimizer(model, cfg, steps_per_epoch)
-    step = Step.for_config(cfg, "cpu")
-    phases = store.manifest["params"]["num_phases"]
-    for epoch in range(cfg.trainer.epochs):
-        cut = [b for task in epoch_plan(store, d, seed=seed, epoch=epoch)
-               for b in shard_clips(task["url"], task["round"], d, {}, num_phases=phases, seed=seed, epoch=epoch)]
-        clips = torch.from_numpy(np.concatenate([b["clip"] for b in cut]))
-        labels = torch.from_numpy(np.concatenate([b["label"] for b in cut]))
-        order = torch.randperm(len(labels))
-        model.train()
-        for i in range(0, len(order) - batch + 1, batch):
-            idx = order[i:i + batch]
-            step(model, opt, sched, clips[idx], labels[idx])
-    model.eval()
-    hits = [int(video_probs(model, torch.from_numpy(views[None]), d)[0].argmax()) == label
-            for url in store.shard_urls("val")
-            for _, label, views in shard_videos(url, d, {}, clips=d.test_clips, protocol=d.test_protocol)]
-    return model, cfg, float(np.mean(hits))
+    model, top1 = train_in_process(cfg, seed=seed)
+    return model, cfg, top1
 
 
 def fit_many(runs: list[tuple[str, str]], *, jobs: int, seed: int = 1, overrides: tuple[str, ...] = ()

@@ -18,11 +18,13 @@ without crossing a node, so spread / packed is what crossing the node costs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import s3fs
@@ -30,7 +32,7 @@ import s3fs
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable from a bare checkout
 from cluster import local  # noqa: E402
-from pipeline.synthetic import SyntheticSpec, generate  # noqa: E402
+from pipeline.synthetic import SyntheticSpec, generate, val_count  # noqa: E402
 from train import tracking  # noqa: E402
 
 BATCH = 16  # clips per worker per step
@@ -48,7 +50,39 @@ def step_seconds(clips_per_s: list[float], clips_per_step: int) -> float:
 def run(env: dict[str, str], *cmd: str) -> None:
     done = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"two_nodes: {cmd[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{Path(sys.argv[0]).stem}: {cmd[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+
+@contextlib.contextmanager
+def two_node_cluster(prefix: str, head_cpus: float) -> Iterator[tuple[Path, dict, dict[str, str]]]:
+    """(a work folder, the cluster's state, the drivers' environment) of cluster/local.py's cluster -
+    a Ray head and one worker node of 2 CPUs - in a temporary folder, stopped after. This process
+    signs in to its MLflow, to read the runs back."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # the cluster's S3 is a local moto: any key
+        os.environ.setdefault(key, "bench")
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        root = Path(tmp)
+        state = local.up(root / "c", workers=1, head_cpus=head_cpus, worker_cpus=2)
+        try:
+            os.environ.update(local.mlflow_credentials(state))
+            yield root, state, {**os.environ, "PYTHONPATH": str(ROOT), **local.client_env(state)}
+        finally:
+            local.down(root / "c")
+
+
+def motion_store(env: dict[str, str], state: dict, videos: Path, videos_per_class: int,
+                 val_videos_per_class: int | None = None) -> str:
+    """A synthetic motion dataset of CLASSES classes, written to ``videos``, put on the cluster's S3
+    (every node reads it there) and prepared into s3://BUCKET/store at the demo's stride (4). Val
+    videos per class: prepare's default (a quarter, at least 2) unless given."""
+    bucket = state["bucket"]
+    generate(SyntheticSpec(kind="motion", classes=CLASSES, videos_per_class=videos_per_class,
+                           val_videos_per_class=val_count(videos_per_class, val_videos_per_class)), videos)
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": state["s3_endpoint"]}).put(f"{videos}/", f"{bucket}/videos/",
+                                                                                recursive=True)
+    run(env, "pipeline/prepare.py", "--dataset", "kinetics", "--root", f"s3://{bucket}/videos",
+        "--out", f"s3://{bucket}/store", "--stride", "4", "--splits", "train,val")
+    return f"s3://{bucket}/store"
 
 
 def measured(uri: str, name: str, clips_per_step: int, after_step: int) -> tuple[float, float, int, int]:
@@ -68,40 +102,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--videos-per-class", type=int, default=32, help=f"{CLASSES} motion classes")
     args = p.parse_args(argv)
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # the cluster's S3 is a local moto: any key
-        os.environ.setdefault(key, "bench")
-    with tempfile.TemporaryDirectory(prefix="two-nodes-") as tmp:
-        root = Path(tmp)
-        state = local.up(root / "c", workers=1, head_cpus=2, worker_cpus=2)
-        try:
-            env = {**os.environ, "PYTHONPATH": str(ROOT), **local.client_env(state)}
-            bucket, s3 = state["bucket"], state["s3_endpoint"]
-            generate(SyntheticSpec(kind="motion", classes=CLASSES, videos_per_class=args.videos_per_class,
-                                   val_videos_per_class=2), root / "videos")
-            s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3}).put(f"{root / 'videos'}/", f"{bucket}/videos/",
-                                                                      recursive=True)
-            store = f"s3://{bucket}/store"
-            run(env, "pipeline/prepare.py", "--dataset", "kinetics", "--root", f"s3://{bucket}/videos",
-                "--out", store, "--stride", "4")
-            clips = CLASSES * args.videos_per_class * CLIPS_PER_VIDEO  # an epoch's
-            result = {}
-            for workers, placement in RUNS:
-                name = f"{args.arch}-{workers}w-{placement.lower()}"
-                run(env, "train/main.py", "--config", "configs/tiny_synthetic.yaml", f"name={name}",
-                    f"model.arch={args.arch}", f"data.store={store}", f"data.s3_endpoint={s3}",
-                    f"trainer.storage_path=s3://{bucket}/runs", "tracking.experiment=two-nodes",
-                    "model.pretrained=none",  # the Kinetics layout asks for weights: from scratch on purpose
-                    f"trainer.epochs={args.epochs}", f"trainer.num_workers={workers}",
-                    f"data.clips_per_video={CLIPS_PER_VIDEO}", f"trainer.placement={placement}",
-                    f"trainer.batch_size={BATCH}", "trainer.cpus_per_worker=1",
-                    "trainer.log_every=4", f"trainer.val_every={args.epochs + 1}", "optim.warmup_epochs=1")
-                step, wait, windows, nodes = measured(state["mlflow"], name, BATCH * workers,
-                                                      after_step=clips // (BATCH * workers))  # epoch 1
-                if nodes != (2 if placement == "SPREAD" else 1):
-                    raise SystemExit(f"two_nodes: {name}'s workers ran on {nodes} node(s), not as placed")
-                result[workers, placement] = (step, wait, windows)
-        finally:
-            local.down(root / "c")
+    with two_node_cluster("two-nodes-", head_cpus=2) as (root, state, env):
+        bucket, s3 = state["bucket"], state["s3_endpoint"]
+        store = motion_store(env, state, root / "videos", args.videos_per_class, val_videos_per_class=2)
+        clips = CLASSES * args.videos_per_class * CLIPS_PER_VIDEO  # an epoch's
+        result = {}
+        for workers, placement in RUNS:
+            name = f"{args.arch}-{workers}w-{placement.lower()}"
+            run(env, "train/main.py", "--config", "configs/tiny_synthetic.yaml", f"name={name}",
+                f"model.arch={args.arch}", f"data.store={store}", f"data.s3_endpoint={s3}",
+                f"trainer.storage_path=s3://{bucket}/runs", "tracking.experiment=two-nodes",
+                "model.pretrained=none",  # the Kinetics layout asks for weights: from scratch on purpose
+                f"trainer.epochs={args.epochs}", f"trainer.num_workers={workers}",
+                f"data.clips_per_video={CLIPS_PER_VIDEO}", f"trainer.placement={placement}",
+                f"trainer.batch_size={BATCH}", "trainer.cpus_per_worker=1",
+                "trainer.log_every=4", f"trainer.val_every={args.epochs + 1}", "optim.warmup_epochs=1")
+            step, wait, windows, nodes = measured(state["mlflow"], name, BATCH * workers,
+                                                  after_step=clips // (BATCH * workers))  # epoch 1
+            if nodes != (2 if placement == "SPREAD" else 1):
+                raise SystemExit(f"two_nodes: {name}'s workers ran on {nodes} node(s), not as placed")
+            result[workers, placement] = (step, wait, windows)
     print(f"{args.arch}, configs/tiny_synthetic.yaml, {BATCH} clips per worker, 1 CPU per worker; "
           f"median over the windows after epoch 1")
     print(f"{'run':<26}{'step ms':>9}{'data wait':>11}{'windows':>9}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -67,7 +66,6 @@ class RunContext:
     steps_per_epoch: int
     stop_at_epoch: int | None = None  # end the job after this epoch (main.py --stop-at-epoch)
     checkpoint: str | None = None  # eval_loop: the checkpoint to test
-    fault: str | None = None  # $COST_TRAIN_FAULT, a test hook (maybe_fault)
     verbose: bool = False  # main.py --verbose: Ray's own info lines on the console too
     progress_bar: bool = False  # the driver's console is a terminal: a bar there, not a line per window
     started: float = field(default_factory=time.time)  # when the driver started the workers (restart_lost_s)
@@ -232,18 +230,6 @@ def build(w: Worker, state: dict | None) -> TrainState:
     return ts
 
 
-def maybe_fault(spec: str | None, rank: int, step: int, restored: bool) -> None:
-    """Test hook: ``COST_TRAIN_FAULT=kill:RANK:STEP`` in the driver's environment SIGKILLs that worker
-    at that step, in an attempt that did not start from a checkpoint (a restarted group goes on).
-    It waits first: Ray Train registers a reported checkpoint when its controller next polls the
-    workers (every 2 s), and a checkpoint reported just before a failure is not yet one to resume from."""
-    if spec and spec.startswith("kill:") and not restored:
-        _, r, s = spec.split(":")
-        if rank == int(r) and step == int(s):
-            time.sleep(5)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def progress_bar(w: Worker, ts: TrainState):
     """Rank 0's bar over the whole run in clips, so its rate is clips/s and its ETA the run's."""
     t = w.cfg.trainer
@@ -277,7 +263,7 @@ def train_loop(config: dict) -> None:
             if ts.epoch == stream_end:
                 batches, stream_end = training_stream(w, ts, last)
             started = time.monotonic()
-            losses = train_epoch(w, ts, batches, bar, restored=saved is not None)
+            losses = train_epoch(w, ts, batches, bar)
             short = ts.epoch_step < w.ctx.steps_per_epoch
             end_epoch(w, ts, losses, time.monotonic() - started)
             if short:  # the stream ran out: the next epoch starts one of its own
@@ -308,8 +294,7 @@ def training_stream(w: Worker, ts: TrainState, last: int) -> tuple[Iterator[dict
     return iter(batches), ts.epoch + epochs
 
 
-def train_epoch(w: Worker, ts: TrainState, batches: Iterator[dict] | None, bar, *, restored: bool
-                ) -> list[torch.Tensor]:
+def train_epoch(w: Worker, ts: TrainState, batches: Iterator[dict] | None, bar) -> list[torch.Tensor]:
     """The rest of the epoch ``ts.epoch`` (all of it unless resumed inside it) from ``batches``; its
     steps' losses. Every ``log_every`` steps rank 0 logs the window's metrics and shows them on
     ``bar`` (or prints them as a line, without one)."""
@@ -325,7 +310,6 @@ def train_epoch(w: Worker, ts: TrainState, batches: Iterator[dict] | None, bar, 
         waited += time.monotonic() - fetch
         batch, n, weight = got
         losses.append(ts.train_step(w.step, batch["clip"], batch["label"], n, weight))
-        maybe_fault(w.ctx.fault, w.rank, ts.step, restored)
         if bar:
             bar.update(t.clips_per_iteration())
         if ts.step % t.log_every == 0 or ts.epoch_step == steps_per_epoch:

@@ -14,7 +14,6 @@ against the store before Ray starts. Running a name again resumes it from its la
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
@@ -274,8 +273,7 @@ def run(args: argparse.Namespace) -> int:
 
         ctx = RunContext(config=to_dict(cfg), run_id=run_id, tracking_uri=uri, steps_per_epoch=steps_per_epoch,
                          stop_at_epoch=args.stop_at_epoch, checkpoint=args.checkpoint,
-                         fault=os.environ.get("COST_TRAIN_FAULT"), verbose=args.verbose,
-                         progress_bar=sys.stderr.isatty())
+                         verbose=args.verbose, progress_bar=sys.stderr.isatty())
         status = fit(args, cfg, name, ctx)
         return 0
     except KeyboardInterrupt:

@@ -7,7 +7,6 @@ MLflow. The node-killing test runs last: the cluster has one node after it."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -16,7 +15,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -82,6 +80,12 @@ def store(cluster, docs, tmp_path_factory) -> str:
     return f"s3://{cluster['bucket']}/store"
 
 
+@pytest.fixture(scope="module")
+def elastic(bench_script):
+    """bench/elastic.py: a spot reclaim on this cluster, and the reader of Ray's registered checkpoint."""
+    return bench_script("elastic")
+
+
 def train_args(cluster: dict, store: str, name: str, *extra: str) -> list[str]:
     return ["train/main.py", "--config", "configs/tiny_synthetic.yaml", f"name={name}", f"data.store={store}",
             f"data.s3_endpoint={cluster['s3_endpoint']}", f"trainer.storage_path=s3://{cluster['bucket']}/runs",
@@ -130,16 +134,6 @@ def test_mlflow_refuses_a_client_without_its_sign_in(cluster, store):
     assert Path(cluster["mlflow_password"]).stat().st_mode & 0o077 == 0
 
 
-def checkpoint_step(fs: s3fs.S3FileSystem, run_dir: str) -> int | None:
-    """The step of the latest checkpoint Ray Train's controller has registered (its snapshot in the
-    run folder names one), if any. One only written to storage is not yet what a restarted group
-    resumes from (docs/training.md, "Checkpoints")."""
-    fs.invalidate_cache()
-    snapshots = [json.loads(fs.cat(p))["latest_checkpoint_result"] for p in fs.find(run_dir)
-                 if p.endswith("checkpoint_manager_snapshot.json")]
-    return max((latest["metrics"]["step"] for latest in snapshots if latest), default=None)
-
-
 def expected_lrs(cfg_args: list[str], steps_per_epoch: int) -> dict[int, float]:
     """The lr after each iteration of a run of these config overrides, from the optimiser itself."""
     from train.checkpoints import make_model
@@ -158,45 +152,28 @@ def expected_lrs(cfg_args: list[str], steps_per_epoch: int) -> dict[int, float]:
     return lrs
 
 
-def wait_for(proc: subprocess.Popen, log: Path, done: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-5000:]
-        time.sleep(0.5)
-
-
-def test_an_elastic_run_shrinks_when_a_node_goes_and_grows_back(cluster, store, runs):
-    """trainer.num_workers=[1, 2], one worker per node (2 CPUs each): the worker node is killed after
-    the first checkpoint, and the run goes on with one worker without waiting for a node; the node
-    is started again (a spot node's replacement), and the group grows back to two. Each iteration
-    keeps its 32 clips (2 workers x 16, or one adding up 2 batches of 16) and its lr, and the run
-    ends after the iterations of an uninterrupted one."""
+def test_an_elastic_run_shrinks_when_a_node_goes_and_grows_back(cluster, store, runs, elastic):
+    """trainer.num_workers=[1, 2], one worker per node (2 CPUs each): the worker node is given a
+    reclaim notice after the first checkpoint and killed once the run has checkpointed on it; the run
+    goes on with one worker without waiting for a node; the node is started again (a spot node's
+    replacement), and the group grows back to two (bench/elastic.py's reclaim). Each iteration keeps
+    its 32 clips (2 workers x 16, or one adding up 2 batches of 16) and its lr, and the run ends after
+    the iterations of an uninterrupted one."""
     name = "elastic"
     overrides = train_args(cluster, store, name, "trainer.num_workers=[1, 2]", "trainer.cpus_per_worker=2",
                            "trainer.global_batch=32", "trainer.epochs=10", "trainer.checkpoint_every=100",
                            "trainer.max_failures=3", "trainer.resize_interval_s=10",
                            f"tracking.uri={cluster['mlflow']}")
     # Ray Train waits this long for a group of the old size before it starts a smaller one (60 s by
-    # default: bench/RESULTS.md has the time lost with it); shorter here, for CI's time.
+    # default: bench/elastic.py measures the time lost with it); shorter here, for CI's time.
     env = {**os.environ, **cluster["env"], "PYTHONPATH": str(ROOT), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10"}
     log = cluster["root"] / "elastic.log"
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": cluster["s3_endpoint"]})
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, *overrides], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_for(proc, log, lambda: checkpoint_step(fs, f"{cluster['bucket']}/runs/{name}") is not None, 300)
-            local.drain_node(cluster["root"] / "c", 1, deadline_s=60)  # a spot reclaim's notice
-            wait_for(proc, log, lambda: re.search(r"to be reclaimed, \d+ s from now: a checkpoint at step (\d+)",
-                                                  log.read_text()), 120)
-            noticed = int(re.search(r"a checkpoint at step (\d+)", log.read_text())[1])
-            wait_for(proc, log, lambda: (checkpoint_step(fs, f"{cluster['bucket']}/runs/{name}") or 0) >= noticed, 60)
-            local.kill_node(cluster["root"] / "c", 1)
-            killed = time.monotonic()
-            wait_for(proc, log, lambda: "restarted on 1 worker(s)" in log.read_text(), 300)
-            shrunk = time.monotonic() - killed
-            local.start_node(cluster["root"] / "c", 1)
+            noticed = elastic.reclaim(cluster["root"] / "c", proc, log, fs, f"{cluster['bucket']}/runs/{name}", 0)
             cluster["nodes"] = nodes(cluster)
-            wait_for(proc, log, lambda: "restarted on 2 worker(s)" in log.read_text(), 300)
             assert proc.wait(timeout=400) == 0, log.read_text()[-5000:]
         finally:
             if proc.poll() is None:
@@ -217,11 +194,9 @@ def test_an_elastic_run_shrinks_when_a_node_goes_and_grows_back(cluster, store, 
     assert max(s for s, _ in history["loss"]) == max(lrs)  # as many iterations as an uninterrupted run
     for step, lr in history["lr"]:  # logged at every window, before and after each restart
         assert lr == pytest.approx(lrs[step], rel=1e-6), step
-    print(f"elastic: {shrunk:.0f} s from the kill to the group of one; restarts lost "
-          f"{', '.join(f'{v:.0f}' for _, v in history['restart_lost_s'])} s")
 
 
-def test_a_comparison_job_spread_over_both_nodes_survives_losing_one(cluster, store, runs):
+def test_a_comparison_job_spread_over_both_nodes_survives_losing_one(cluster, store, runs, elastic):
     """One job, submitted as users do (`ray job submit`, token auth): results/compare.py, whose member
     trains on the cluster, then the report. The member's first worker group spans the two nodes;
     the worker node is then killed after the first checkpoint, and the member finishes from that
@@ -240,7 +215,7 @@ def test_a_comparison_job_spread_over_both_nodes_survives_losing_one(cluster, st
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 300
-            while checkpoint_step(fs, f"{cluster['bucket']}/runs/{name}") is None:
+            while elastic.checkpoint_step(fs, f"{cluster['bucket']}/runs/{name}") is None:
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
                 time.sleep(1)
             local.kill_node(cluster["root"] / "c", 1)

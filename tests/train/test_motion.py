@@ -3,8 +3,9 @@
 On the synthetic `motion` dataset every class has a time-reversed twin with the very same frames,
 so a model without temporal convolutions (C2D) cannot beat ~50% top-1, while C3D, CoST(a) and
 CoST(b) learn it. A reduced `make demo`: the demo's store and model (configs/tiny_synthetic.yaml),
-trained in fresh processes with the project's own clip cutting, augmentation and test protocol
-(bench/motion_grid.py's ``fit_many``; Ray Train itself is tested in test_main.py). The grid's
+trained by the product's own run without Ray (train/fit.py: its clip cutting, augmentation,
+training step and test protocol), two fresh processes at a time (bench/motion_grid.py's
+``fit_many``; Ray Train itself is tested in test_main.py). The grid's
 harder cells, smaller and slower objects, are bench/motion_grid.py's to train (bench/RESULTS.md):
 their fits take twice the demo's, and CI's time is bounded.
 """
