@@ -158,11 +158,12 @@ def test_an_elastic_run_shrinks_when_a_node_goes_and_grows_back(cluster, store, 
     goes on with one worker without waiting for a node; the node is started again (a spot node's
     replacement), and the group grows back to two (bench/elastic.py's reclaim). Each iteration keeps
     its 32 clips (2 workers x 16, or one adding up 2 batches of 16) and its lr, and the run ends after
-    the iterations of an uninterrupted one."""
+    the iterations of an uninterrupted one. The run is long enough (64 iterations) to still be
+    training when the node is back; one of 40 once finished on its one worker before that."""
     name = "elastic"
     overrides = train_args(cluster, store, name, "trainer.num_workers=[1, 2]", "trainer.cpus_per_worker=2",
-                           "trainer.global_batch=32", "trainer.epochs=10", "trainer.checkpoint_every=100",
-                           "trainer.max_failures=3", "trainer.resize_interval_s=10",
+                           "trainer.global_batch=32", "trainer.epochs=16", "trainer.checkpoint_every=100",
+                           "trainer.max_failures=3", "trainer.resize_interval_s=5",
                            f"tracking.uri={cluster['mlflow']}")
     # Ray Train waits this long for a group of the old size before it starts a smaller one (60 s by
     # default: bench/elastic.py measures the time lost with it); shorter here, for CI's time.
@@ -208,6 +209,7 @@ def test_a_comparison_job_spread_over_both_nodes_survives_losing_one(cluster, st
            "--", sys.executable, "results/compare.py", "--config", "configs/tiny_synthetic.yaml", "--archs", "cost_b",
            "--name", "lost-node", *overrides]
     name = "lost-node-cost_b-s0"  # the member's run
+    cluster["nodes"] = nodes(cluster)  # as they are now, whatever the tests before did to them
     env = {**os.environ, **cluster["env"]}
     log = cluster["root"] / "lost-node.log"
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": cluster["s3_endpoint"]})
