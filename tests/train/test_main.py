@@ -103,10 +103,11 @@ def test_ddp_training_learns_is_tracked_and_recovers_a_killed_worker(store, mlfl
            "(2 workers x 16); lr drops at iterations 24, 36" in out
     run = runs.named(mlflow_server, "tests", "learn")
     rid = run.info.run_id
-    # The group restarted once, from the checkpoint registered before the kill (restart_lost_s is
-    # logged at the step it resumed from).
-    ((resumed, _),) = history(mlflow_server, rid, "restart_lost_s")
-    assert 18 <= resumed < killed["logged"]
+    # The group restarted from the checkpoint registered before the kill (restart_lost_s is logged
+    # at the step a group resumed from). Ray may restart a group once more before it trains on.
+    restarts = [step for step, _ in history(mlflow_server, rid, "restart_lost_s")]
+    resumed = restarts[0]
+    assert 18 <= resumed < killed["logged"] and all(step >= resumed for step in restarts)
     assert run.info.status == "FINISHED"
     assert run.data.params["model.arch"] == "cost_b" and run.data.params["trainer.num_workers"] == "2"
     assert run.data.params["trainer.precision"] == "bf16" and run.data.params["trainer.grad_compression"] == "bf16"
@@ -117,13 +118,11 @@ def test_ddp_training_learns_is_tracked_and_recovers_a_killed_worker(store, mlfl
     nodes = run.data.tags["worker_nodes"].split(",")  # one Ray node ID per rank: the session's one node
     assert len(nodes) == 2 and nodes[0] == nodes[1] and len(nodes[0]) == 56
     logged = history(mlflow_server, rid, "loss")
-    # The steps after the checkpoint resumed from ran twice: before the kill, and again after the
-    # group restarted from it; every other step once.
+    # The steps after the checkpoint resumed from ran again after the restart; none before it did.
     steps = [s for s, _ in logged]
     assert sorted(set(steps)) == list(range(4, 4 * STEPS_PER_EPOCH + 1, 4))
-    again = {s for s in steps if steps.count(s) == 2}
+    again = {s for s in steps if steps.count(s) > 1}
     assert set(range(resumed + 4 - resumed % 4, killed["logged"] + 1, 4)) <= again and min(again) > resumed
-    assert max(steps.count(s) for s in steps) == 2
     assert logged[-1][1] < 0.7 * logged[0][1]  # loss falls
     assert [v for _, v in history(mlflow_server, rid, "epoch")] == [1, 2, 3, 4]
     # 4 classes: chance is 0.25. On 12 videos, the data's order (Ray Data's streaming split) moves a
