@@ -12,7 +12,6 @@ import re
 import secrets
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -216,10 +215,8 @@ def test_a_comparison_job_spread_over_both_nodes_survives_losing_one(cluster, st
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 300
-            while elastic.checkpoint_step(fs, f"{cluster['bucket']}/runs/{name}") is None:
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(1)
+            run_dir = f"{cluster['bucket']}/runs/{name}"
+            elastic.wait_for(proc, log, lambda: elastic.checkpoint_step(fs, run_dir) is not None, 300)
             local.kill_node(cluster["root"] / "c", 1)
             assert proc.wait(timeout=400) == 0, log.read_text()[-5000:]
         finally:
