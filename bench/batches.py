@@ -28,13 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a bare checkout
-from pipeline.prepare import main as prepare  # noqa: E402
-from pipeline.session import ray_session  # noqa: E402
-from pipeline.store import Store  # noqa: E402
-from pipeline.synthetic import write_video  # noqa: E402
-from train.data import epoch_plan, shard_clips, train_dataset  # noqa: E402
-from train.settings import DataConfig  # noqa: E402
+from pipeline.prepare import main as prepare
+from pipeline.session import ray_session
+from pipeline.store import Store
+from pipeline.synthetic import write_video
+from train.config import DataConfig
+from train.data import epoch_plan, shard_clips, train_dataset
 
 
 def write_source(root: Path, classes: int, videos: int, size: tuple[int, int], seed: int) -> None:

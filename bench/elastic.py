@@ -28,11 +28,11 @@ from pathlib import Path
 
 import s3fs
 
+from bench.two_nodes import motion_store, two_node_cluster
+from cluster import local
+from train import tracking
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable from a bare checkout
-from bench.two_nodes import motion_store, two_node_cluster  # noqa: E402
-from cluster import local  # noqa: E402
-from train import tracking  # noqa: E402
 
 EXPERIMENT = "elastic"
 

@@ -42,18 +42,18 @@ import cv2
 import numpy as np
 import simplejpeg
 
+from pipeline.decode import scaled_size
+from pipeline.prepare import main as prepare
+from pipeline.session import connect_ray, ray_session
+from pipeline.storage import read_table
+from pipeline.store import Store
+from pipeline.synthetic import write_video
+from train.augment import apply_view, train_view
+from train.config import DataConfig
+from train.data import clips_per_epoch, epoch_plan, shard_clips, train_dataset
+from train.sampling import train_clip_in_rows, train_clip_indices
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable from a bare checkout
-from pipeline.decode import scaled_size  # noqa: E402
-from pipeline.prepare import main as prepare  # noqa: E402
-from pipeline.session import connect_ray, ray_session  # noqa: E402
-from pipeline.storage import read_table  # noqa: E402
-from pipeline.store import Store  # noqa: E402
-from pipeline.synthetic import write_video  # noqa: E402
-from train.augment import apply_view, train_view  # noqa: E402
-from train.data import clips_per_epoch, epoch_plan, shard_clips, train_dataset  # noqa: E402
-from train.sampling import train_clip_in_rows, train_clip_indices  # noqa: E402
-from train.settings import DataConfig  # noqa: E402
 
 SIZES = "340x256,640x360,1280x720"
 WARM_BATCHES = 4  # batches of a stream before its timing starts

@@ -17,14 +17,12 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from torch import nn
 
 # The GPU machine runs this from a bare checkout (no project install): import from the repo root.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train.models import ARCHS, CoST, build_model, formulations, to_channels_last  # noqa: E402
+from train.models import ARCHS, CoST, build_model, formulations, to_channels_last
 
 
 def timed(step: Callable[[], None], iters: int, warmup: int, device: str) -> float:

@@ -35,14 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.prepare import main as prepare
+from pipeline.session import ray_session
+from pipeline.synthetic import write_video
+from train.config import TrainConfig, load_config
+from train.fit import fit as train_in_process
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable from a bare checkout
-from pipeline.prepare import main as prepare  # noqa: E402
-from pipeline.session import ray_session  # noqa: E402
-from pipeline.synthetic import write_video  # noqa: E402
-from train.config import load_config  # noqa: E402
-from train.fit import fit as train_in_process  # noqa: E402
-from train.settings import TrainConfig  # noqa: E402
 
 ARCHS = ("c2d", "c3d", "cost_a", "cost_b")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}

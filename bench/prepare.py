@@ -18,12 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a bare checkout
-from pipeline.prepare import main as prepare  # noqa: E402
-from pipeline.session import connect_ray  # noqa: E402
-from pipeline.storage import read_table  # noqa: E402
-from pipeline.store import Store  # noqa: E402
-from pipeline.synthetic import SyntheticSpec, generate  # noqa: E402
+from pipeline.prepare import main as prepare
+from pipeline.session import connect_ray
+from pipeline.storage import read_table
+from pipeline.store import Store
+from pipeline.synthetic import SyntheticSpec, generate
 
 
 def clip_bytes(store: Store, split: str, clip_len: int) -> tuple[float, float, float]:

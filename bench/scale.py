@@ -36,15 +36,15 @@ import boto3
 import numpy as np
 import pyarrow as pa
 
+from bench.s3proxy import S3Proxy
+from cluster.local import start_moto, stop
+from pipeline import prepare
+from pipeline.shards import QUARANTINE_SCHEMA, ShardSpec
+from pipeline.storage import endpoint_options, write_json
+from pipeline.store import phase_rows, rows_to_table, write_shard, write_table
+from pipeline.synthetic import SyntheticSpec, generate
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable from a bare checkout
-from bench.s3proxy import S3Proxy  # noqa: E402
-from cluster.local import start_moto, stop  # noqa: E402
-from pipeline import prepare  # noqa: E402
-from pipeline.shards import QUARANTINE_SCHEMA, ShardSpec  # noqa: E402
-from pipeline.storage import endpoint_options, write_json  # noqa: E402
-from pipeline.store import phase_rows, rows_to_table, write_shard, write_table  # noqa: E402
-from pipeline.synthetic import SyntheticSpec, generate  # noqa: E402
 
 BUCKET = "scale"
 KEYS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}

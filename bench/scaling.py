@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a bare checkout
-from train.models import build_model  # noqa: E402
+from train.models import build_model
 
 BACKWARD_SHARE = 2 / 3  # of a step: what DDP can hide the all-reduce behind
 LINKS_GBPS = {"EFA, p5.48xlarge (32 x 100 Gbps)": 3200,

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.scale import fit
+from pipeline.store import SCHEMA_VERSION, phase_rows, rows_to_table, write_shard
+from train.config import DataConfig
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable from a bare checkout
-from bench.scale import fit  # noqa: E402
-from pipeline.store import SCHEMA_VERSION, phase_rows, rows_to_table, write_shard  # noqa: E402
-from train.settings import DataConfig  # noqa: E402
 
 VIDEOS_PER_SHARD, PHASES = 16, 8
 # Shards at 16 videos a shard: (training, validation); the validation sets hold about 20,000 and 33,900 videos.

@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 # The GPU machine runs this from a bare checkout (no project install): import from the repo root.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.models import common_args, timed  # noqa: E402
-from train.core import Step  # noqa: E402
-from train.models import ARCHS, IMPLS, build_model, formulations  # noqa: E402
+from bench.models import common_args, timed
+from train.core import Step
+from train.models import ARCHS, IMPLS, build_model, formulations
 
 
 def variants(archs: list[str], impls: list[str]) -> list[tuple[str, str]]:

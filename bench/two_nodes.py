@@ -29,11 +29,11 @@ from pathlib import Path
 
 import s3fs
 
+from cluster import local
+from pipeline.synthetic import SyntheticSpec, generate, val_count
+from train import tracking
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable from a bare checkout
-from cluster import local  # noqa: E402
-from pipeline.synthetic import SyntheticSpec, generate, val_count  # noqa: E402
-from train import tracking  # noqa: E402
 
 BATCH = 16  # clips per worker per step
 CLASSES, CLIPS_PER_VIDEO = 4, 4  # motion classes; training clips per video per epoch

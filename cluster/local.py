@@ -42,8 +42,7 @@ from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
-from cluster.spot_notice import drain  # noqa: E402
+from cluster.spot_notice import drain
 
 BIN = Path(sys.executable).parent
 AUTH_INI = Path(__file__).with_name("mlflow-auth.ini")

@@ -22,16 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
-from pipeline.store import Store, StoreError  # noqa: E402
-from train import tracking  # noqa: E402
-from train.checkpoints import CheckpointError, load_state, model_from_state  # noqa: E402
-from train.config import ConfigError, from_dict  # noqa: E402
-from train.data import shard_videos  # noqa: E402
-from train.evaluate import video_probs  # noqa: E402
-from train.models.views import ViewStats  # noqa: E402
-from train.plots import summary, write_analysis  # noqa: E402
-from train.settings import HOME, TrainConfig  # noqa: E402
+from pipeline.store import Store, StoreError
+from train import tracking
+from train.checkpoints import CheckpointError, load_state, model_from_state
+from train.config import HOME, ConfigError, TrainConfig, from_dict
+from train.data import shard_videos
+from train.evaluate import video_probs
+from train.models.views import ViewStats
+from train.plots import summary, write_analysis
 
 
 def view_stats(model: torch.nn.Module, cfg: TrainConfig, store: Store, split: str, clips: int,

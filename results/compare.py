@@ -29,15 +29,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pipeline.session import ray_session
+from results.report import main as report
+from train import main as train
+from train import tracking
+from train.config import ConfigError, TrainConfig
+from train.models import ARCHS
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable as a script from a checkout
-from pipeline.session import ray_session  # noqa: E402
-from results.report import main as report  # noqa: E402
-from train import main as train  # noqa: E402
-from train import tracking  # noqa: E402
-from train.config import ConfigError  # noqa: E402
-from train.models import ARCHS  # noqa: E402
-from train.settings import TrainConfig  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -17,23 +17,20 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
-from pipeline.decode import DecodeError, IsolatedDecoder  # noqa: E402
-from pipeline.storage import endpoint_options  # noqa: E402
-from pipeline.store import StoreError  # noqa: E402
-from train import tracking  # noqa: E402
-from train.augment import PROTOCOLS  # noqa: E402
-from train.checkpoints import CheckpointError, load_state, model_from_state  # noqa: E402
-from train.config import ConfigError, from_dict  # noqa: E402
-from train.data import video_clips  # noqa: E402
-from train.evaluate import video_probs  # noqa: E402
-from train.models.views import VIEWS, ViewStats  # noqa: E402
-from train.settings import TrainConfig  # noqa: E402
+from pipeline.decode import DecodeError, IsolatedDecoder
+from pipeline.storage import endpoint_options
+from pipeline.store import StoreError
+from train import tracking
+from train.augment import PROTOCOLS
+from train.checkpoints import CheckpointError, load_state, model_from_state
+from train.config import ConfigError, TrainConfig, from_dict
+from train.data import video_clips
+from train.evaluate import video_probs
+from train.models.views import VIEWS, ViewStats
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

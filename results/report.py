@@ -30,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
-from train import tracking  # noqa: E402
-from train.plots import summary, write_csv  # noqa: E402
-from train.settings import HOME  # noqa: E402
+from train import tracking
+from train.config import HOME
+from train.plots import summary, write_csv
 
 ARCH_NAMES = {"c2d": "C2D", "c3d": "C3D", "cost_a": "CoST(a)", "cost_b": "CoST(b)"}
 PAPER = Path(__file__).with_name("paper_results.csv")

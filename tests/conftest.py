@@ -93,8 +93,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def _load_bench(name: str) -> ModuleType:
     # As ``bench.<name>``, the name the scripts import each other by, so that a process they
     # spawn (bench/motion_grid.py's fit_many) finds their functions by that name too.
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     return importlib.import_module(f"bench.{name}")
 
 

@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 
 from pipeline.storage import filesystem, is_node_local, read_bytes
-from train.config import from_dict
-from train.models import VideoResNet, build_model
+from train.config import TrainConfig, from_dict
+from train.models import VideoResNet, create_model
 from train.models.pretrained import convert
-from train.settings import ModelConfig, TrainConfig
 
 STATE_FILE = "state.pt"
 
@@ -106,18 +105,9 @@ def read_weights(url: str, storage_options: dict | None = None) -> dict:
     return torch.load(io.BytesIO(read_bytes(url, storage_options)), map_location="cpu", weights_only=True)
 
 
-def make_model(cfg: ModelConfig, num_classes: int) -> VideoResNet:
-    return build_model(cfg.arch, depth=cfg.depth, num_classes=num_classes, blocks=cfg.blocks, width=cfg.width,
-                       conv1_t=cfg.conv1_t, conv1_stride_t=cfg.conv1_stride_t, pool1_t=cfg.pool1_t,
-                       pool1_stride_t=cfg.pool1_stride_t, conv1_stride_s=cfg.conv1_stride_s,
-                       pool1_stride_s=cfg.pool1_stride_s, conv1_zero_mean=cfg.conv1_zero_mean, pool2=cfg.pool2,
-                       dropout=cfg.dropout, cost_shared=cfg.cost_shared, cost_a_init=cfg.cost_a_init,
-                       cost_impl=cfg.cost_impl, frozen_bn=cfg.frozen_bn)
-
-
 def model_from_state(state: dict) -> VideoResNet:
     cfg = from_dict(TrainConfig, state["config"])
-    model = make_model(cfg.model, len(state["classes"]))
+    model = create_model(cfg.model, len(state["classes"]))
     model.load_state_dict(state["model"])
     return model.eval()
 

@@ -28,7 +28,7 @@ from torch import nn
 from train.models import to_channels_last
 
 if TYPE_CHECKING:
-    from train.settings import TrainConfig
+    from train.config import TrainConfig
 
 
 def normalize(clips: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

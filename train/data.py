@@ -43,8 +43,8 @@ import pyarrow.parquet as pq
 
 from pipeline.store import Store, open_shard, shard_directory
 from train.augment import apply_view, decode, decode_view, eval_views, train_view
-from train.sampling import eval_clip_indices, train_clip_in_rows
-from train.settings import DataConfig
+from train.config import DataConfig
+from train.sampling import eval_clip_in_rows, train_clip_in_rows
 
 EVAL_COLUMNS = ["video_id", "label", "phase", "num_phases", "height", "width", "frames"]
 STREAM_TASKS = 2048  # most tasks in one training stream (epochs_per_stream)
@@ -112,8 +112,8 @@ def video_clips(rows: dict[int, list[bytes]], num_phases: int, height: int, widt
                 clips: int, protocol: str, short_side: int, crop: int) -> np.ndarray:
     """(clips * views, T, h, w, 3): one video's clips under a test ``protocol`` (``eval_views``), from
     its phase rows ``{phase: jpegs}``. Stored frame j sits in row j % num_phases at entry j // num_phases."""
-    n = sum(len(v) for v in rows.values())
-    positions = eval_clip_indices(n, frames=frames, stride=num_phases, clips=clips)  # (clips, T)
+    positions = eval_clip_in_rows([len(rows.get(p, ())) for p in range(num_phases)], frames=frames,
+                                  clips=clips)  # (clips, T) stored frames
     needed = np.unique(positions)
     decoded = decode([rows[j % num_phases][j // num_phases] for j in needed])
     lookup = np.searchsorted(needed, positions)

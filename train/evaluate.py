@@ -20,10 +20,10 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.store import Store
+from train.config import DataConfig, TrainConfig
 from train.core import normalize
 from train.data import eval_dataset, split_iterator
 from train.models.views import ViewStats
-from train.settings import DataConfig, TrainConfig
 
 
 @dataclass

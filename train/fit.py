@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from pipeline.store import Store
-from train.checkpoints import make_model
+from train.config import TrainConfig
 from train.core import Step, optimizer
 from train.data import clips_per_epoch, epoch_plan, shard_clips, shard_videos
 from train.evaluate import video_probs
-from train.settings import TrainConfig
+from train.models import create_model
 
 
 def fit(cfg: TrainConfig, *, seed: int = 1, device: str = "cpu") -> tuple[nn.Module, float]:
@@ -24,7 +24,7 @@ def fit(cfg: TrainConfig, *, seed: int = 1, device: str = "cpu") -> tuple[nn.Mod
     torch.manual_seed(seed)
     store, d = Store(cfg.data.store), cfg.data
     step = Step.for_config(cfg, device)
-    model = step.place(make_model(cfg.model, len(store.classes)))  # device and memory layout, as train/loop.py
+    model = step.place(create_model(cfg.model, len(store.classes)))  # device and memory layout, as train/loop.py
     batch = cfg.trainer.clips_per_iteration()
     steps_per_epoch = clips_per_epoch(store, "train", d.clips_per_video) // batch
     opt, sched = optimizer(model, cfg, steps_per_epoch)

@@ -40,21 +40,19 @@ from train.checkpoints import (
     checkpoint_url,
     init_from_checkpoint,
     load_state,
-    make_model,
     newest_loadable,
     read_state,
     read_weights,
     save_state,
 )
-from train.config import from_dict
+from train.config import TrainConfig, from_dict, pretrained_path, storage_options
 from train.core import Step, TrainState, compress_gradients, optimizer
 from train.data import epochs_per_stream, split_iterator, train_dataset
 from train.elastic import log_group, next_iteration, notice_of_preemption
 from train.evaluate import evaluate
-from train.models import load_2d_pretrained
+from train.models import create_model, load_2d_pretrained
 from train.models.views import ViewStats
 from train.plots import write_analysis
-from train.settings import TrainConfig, pretrained_path, storage_options
 
 
 @dataclass(frozen=True)
@@ -209,7 +207,7 @@ def build(w: Worker, state: dict | None) -> TrainState:
     """The model (from the checkpoint's state, a fine-tuning source, ImageNet weights or scratch), the
     network that trains it (DDP-wrapped, maybe compiled), optimiser and scheduler; counters from ``state``."""
     cfg = w.cfg
-    model = make_model(cfg.model, len(w.store.classes))
+    model = create_model(cfg.model, len(w.store.classes))
     if state is not None:
         model.load_state_dict(state["model"])
     elif cfg.model.finetune_from:
@@ -399,7 +397,7 @@ def eval_loop(config: dict) -> None:
     ctx: RunContext = config["run"]
     w = Worker(ctx)
     state = load_state(ctx.checkpoint, storage_options(w.cfg))
-    model = make_model(w.cfg.model, len(state["classes"]))
+    model = create_model(w.cfg.model, len(state["classes"]))
     model.load_state_dict(state["model"])
     model = model.to(w.device)
     if state["classes"] != w.store.classes:

@@ -20,22 +20,23 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
-from pipeline.session import connect_ray, git_commit  # noqa: E402
-from pipeline.storage import arrow_filesystem, endpoint_options, is_node_local, storage_failures  # noqa: E402
-from pipeline.store import Store, StoreError  # noqa: E402
-from train import tracking  # noqa: E402
-from train.config import ConfigError, apply_override, flatten, from_dict, load_config, to_dict, to_yaml  # noqa: E402
-from train.settings import (  # noqa: E402
+from pipeline.session import connect_ray, git_commit
+from pipeline.storage import arrow_filesystem, endpoint_options, is_node_local, storage_failures
+from pipeline.store import Store, StoreError
+from train import tracking
+from train.checks import check_against_store, check_files, check_init, check_shared, check_values
+from train.config import (
+    ConfigError,
     TrainConfig,
     absolute_paths,
-    check_against_store,
-    check_files,
-    check_init,
-    check_shared,
-    check_values,
+    apply_override,
+    flatten,
+    from_dict,
     init_kind,
+    load_config,
     storage_options,
+    to_dict,
+    to_yaml,
 )
 
 
@@ -120,11 +121,10 @@ def run_config(cfg: TrainConfig, name: str, verbose: bool):
 
 def log_complexity(uri: str, run_id: str, cfg: TrainConfig, num_classes: int) -> None:
     """The model's size and FLOPs per clip (metrics ``params_m``, ``gflops``), for the report's tables."""
-    from train.checkpoints import make_model
-    from train.models import complexity
+    from train.models import complexity, create_model
 
     d = cfg.data
-    params_m, gflops = complexity(lambda: make_model(cfg.model, num_classes), (3, d.frames, d.crop, d.crop))
+    params_m, gflops = complexity(lambda: create_model(cfg.model, num_classes), (3, d.frames, d.crop, d.crop))
     tracking.log_metrics(uri, run_id, {"params_m": params_m, "gflops": gflops}, 0)
     print(f"[train] {cfg.model.arch}: {params_m:.2f} M parameters, {gflops:.2f} GFLOPs per "
           f"{d.frames}x{d.crop}x{d.crop} clip", flush=True)

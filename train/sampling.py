@@ -8,7 +8,10 @@ sampler (MMAction2's SampleFrames) takes it. All indices are source frame indice
 In the frame store (pipeline/store.py) frames are grouped by phase: with ``frame_step`` k and
 ``stride`` S, the row of phase p holds source frames (p, p + S/k, p + 2S/k, ...) * k. A training
 clip is then ``frames`` consecutive entries of one row: ``train_clip_in_rows`` draws it as
-``train_clip_indices`` would and says which row and entries it is.
+``train_clip_indices`` would and says which row and entries it is; ``eval_clip_in_rows`` places the
+test clips. A ``stride`` is always in source frames (the config's, prepare's --stride); the
+``_in_rows`` functions take the rows' lengths instead, so a store's reader never handles a stride
+in stored frames.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ def eval_clip_indices(num_frames: int, *, frames: int = 8, stride: int = 8, clip
     last_start = max(num_frames - frames * stride, 0)
     starts = np.round(np.linspace(0, last_start, clips)).astype(int) if clips > 1 else np.array([last_start // 2])
     return (starts[:, None] + stride * np.arange(frames)[None, :]) % num_frames
+
+
+def eval_clip_in_rows(lengths: list[int], *, frames: int = 8, clips: int = 10) -> np.ndarray:
+    """(clips, frames) stored-frame indices of the test clips of a video stored as phase rows of
+    ``lengths`` (stored frame j lies in row j % P at entry j // P; P = len(lengths)): the clips
+    ``eval_clip_indices`` spreads over its stored frames, ``frames`` consecutive entries of a row each."""
+    return eval_clip_indices(sum(lengths), frames=frames, stride=len(lengths), clips=clips)
 
 
 def train_clip_in_rows(lengths: list[int], rng: np.random.Generator, *, frames: int = 8) -> tuple[int, np.ndarray]:

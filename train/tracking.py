@@ -17,8 +17,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 from pipeline.storage import endpoint_options, naming
-from train.config import ConfigError
-from train.settings import HOME, TrainConfig
+from train.config import HOME, ConfigError, TrainConfig
 
 NAME_TAG = "cost.run_name"
 

@@ -2,7 +2,10 @@
 the delaying proxy and on a local disk, and a fit; the resumed run reads back only the shards whose
 summaries were unsaved."""
 
+import pytest
 
+
+@pytest.mark.slow
 def test_scale_benchmark_prints_its_tables(capsys, bench_script):
     bench = bench_script("scale")
     assert bench.main(["--sizes", "48,96", "--layouts", "moments", "--delay-ms", "5"]) == 0

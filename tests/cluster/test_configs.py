@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from train.config import load_config
-from train.settings import TrainConfig, check_values
+from train.checks import check_values
+from train.config import TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"

@@ -135,13 +135,12 @@ def test_mlflow_refuses_a_client_without_its_sign_in(cluster, store):
 
 def expected_lrs(cfg_args: list[str], steps_per_epoch: int) -> dict[int, float]:
     """The lr after each iteration of a run of these config overrides, from the optimiser itself."""
-    from train.checkpoints import make_model
-    from train.config import load_config
+    from train.config import TrainConfig, load_config
     from train.core import optimizer
-    from train.settings import TrainConfig
+    from train.models import create_model
 
     cfg = load_config(TrainConfig, ROOT / "configs" / "tiny_synthetic.yaml", cfg_args)
-    model = make_model(cfg.model, 4)
+    model = create_model(cfg.model, 4)
     opt, sched = optimizer(model, cfg, steps_per_epoch)
     lrs = {}
     for step in range(1, steps_per_epoch * cfg.trainer.epochs + 1):

@@ -14,12 +14,11 @@ from pipeline.storage import read_table
 from pipeline.store import Store
 from results.analyze import main as analyze
 from results.predict import main as predict
-from train.checkpoints import make_model, save_state
-from train.config import load_config, to_dict
-from train.models import build_model
+from train.checkpoints import save_state
+from train.config import TrainConfig, load_config, to_dict
+from train.models import build_model, create_model
 from train.models.views import VIEWS, ViewStats
 from train.plots import write_analysis
-from train.settings import TrainConfig
 
 SMALL = dict(num_classes=3, blocks=(1, 1, 1, 1), width=8, pool1_t=1, pool2="none")
 
@@ -96,7 +95,7 @@ def trained_run(ray_cluster, mlflow_server, tmp_path_factory) -> tuple[str, str,
     store = Store(str(root / "store"))
     cfg = load_config(TrainConfig, Path(__file__).parents[2] / "configs" / "tiny_synthetic.yaml",
                       [f"data.store={store.url}", "model.arch=cost_a"])
-    model = make_model(cfg.model, len(store.classes)).eval()
+    model = create_model(cfg.model, len(store.classes)).eval()
     wanted = set_coefficients(model)
     checkpoint = root / "checkpoint"
     checkpoint.mkdir()

@@ -105,3 +105,37 @@ def test_dump_and_reload_round_trip(tmp_path):
     flat = flatten(cfg)
     assert flat["trainer.epochs"] == 4 and flat["data.store"] == "s3://b/k"
     assert flat["trainer.milestones"] == [0.5, 0.75]
+
+
+def test_a_yaml_builds_on_its_base(tmp_path):
+    """``_base_`` (a path beside the file): sections merge key by key, a list is replaced whole, and
+    a base may have a base of its own."""
+    (tmp_path / "root.yaml").write_text("data: {store: s, frames: 8}\ntrainer: {epochs: 10, milestones: [0.2, 0.4]}\n")
+    (tmp_path / "mid.yaml").write_text("_base_: root.yaml\ntrainer: {lr: 0.1}\n")
+    (tmp_path / "top.yaml").write_text("_base_: mid.yaml\ndata: {frames: 32}\ntrainer: {milestones: [0.9]}\n")
+    cfg = load_config(Config, tmp_path / "top.yaml", ["trainer.epochs=4"])
+    assert (cfg.data.store, cfg.data.frames) == ("s", 32)
+    assert (cfg.trainer.epochs, cfg.trainer.lr, cfg.trainer.milestones) == (4, 0.1, (0.9,))
+
+
+@pytest.mark.parametrize("files, match", [
+    ({"a.yaml": "_base_: b.yaml\n", "b.yaml": "_base_: a.yaml\n"}, "comes back to .*a.yaml"),
+    ({"a.yaml": "_base_: missing.yaml\n"}, "missing.yaml does not exist .the _base_ of .*a.yaml"),
+    ({"a.yaml": "_base_: [b.yaml]\n"}, "'_base_' must name one YAML file"),
+])
+def test_a_bad_base_is_named(tmp_path, files, match):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(Config, tmp_path / "a.yaml")
+
+
+def test_a_tuple_of_the_wrong_length_names_its_key_and_the_length():
+    @dataclass(kw_only=True)
+    class Pair:
+        mean: tuple[float, float] = (0.5, 0.5)
+
+    for value in ("[1]", "[1, 2, 3]"):
+        with pytest.raises(ConfigError, match=r"'mean': expected tuple\[float, float\], got list"):
+            load_config(Pair, None, [f"mean={value}"])
+    assert load_config(Pair, None, ["mean=[1, 2]"]).mean == (1.0, 2.0)

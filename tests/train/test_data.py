@@ -9,6 +9,7 @@ import simplejpeg
 
 from pipeline.store import SCHEMA_VERSION, Store, phase_rows, rows_to_table, write_shard
 from train import data
+from train.config import DataConfig
 from train.data import (
     STREAM_TASKS,
     clip_rng,
@@ -22,7 +23,6 @@ from train.data import (
     video_clips,
 )
 from train.sampling import eval_clip_indices
-from train.settings import DataConfig
 
 
 def coded(values):

@@ -13,10 +13,9 @@ from torch import nn
 from pipeline.prepare import main as prepare
 from pipeline.storage import read_table
 from pipeline.store import Store
-from train.config import load_config
+from train.config import TrainConfig, load_config
 from train.core import normalize
 from train.evaluate import evaluate
-from train.settings import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,7 @@ import torch
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from train.config import load_config, to_dict
-from train.settings import TrainConfig
+from train.config import TrainConfig, load_config, to_dict
 
 pytestmark = pytest.mark.slow  # a Ray Train run: make test, not make test-fast
 

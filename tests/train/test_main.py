@@ -259,6 +259,7 @@ def test_a_config_without_its_data_section_fails_before_ray_starts(tmp_path, mon
     assert "'data'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_crashing_run_is_marked_failed(store, mlflow_server, tmp_path, runs):
     bad = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(3, 3, 7, 7)}, bad)  # a 2D state dict of the wrong shape

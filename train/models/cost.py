@@ -41,18 +41,19 @@ formulation in the whole training step (bench/RESULTS.md).
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.models.spec import IMPLS
+
 VIEWS = ("hw", "tw", "th")
 # Kernel-axis insertion point and padding for each view of a (C_out, C_in, 3, 3) kernel.
 _UNSQUEEZE = {"hw": 2, "tw": 3, "th": 4}
 _PADDING = {"hw": (0, 1, 1), "tw": (1, 0, 1), "th": (1, 1, 0)}
-Impl = Literal["auto", "views", "stacked", "fold", "composed"]
-IMPLS: tuple[str, ...] = get_args(Impl)
+Impl = Literal["auto", "views", "stacked", "fold", "composed"]  # spec.IMPLS
 
 
 def formulations(mode: str) -> tuple[str, ...]:
@@ -115,16 +116,7 @@ class CoST(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1,
                  mode: Literal["a", "b"] = "a", shared: bool = True,
                  impl: Impl = "auto", a_init: Literal["spatial", "equal"] = "spatial") -> None:
-        super().__init__()
-        if mode not in ("a", "b"):
-            raise ValueError(f"CoST mode must be 'a' or 'b', got {mode!r}")
-        if impl not in IMPLS:
-            raise ValueError(f"CoST impl must be one of {', '.join(IMPLS)}, got {impl!r}")
-        if a_init not in ("spatial", "equal"):
-            raise ValueError(f"CoST a_init must be 'spatial' or 'equal', got {a_init!r}")
-        if mode == "b" and impl == "composed":
-            raise ValueError("CoST(b) needs each view's output for its coefficients: impl='composed' "
-                             "is for CoST(a) only")
+        super().__init__()  # the settings are checked where models are built (spec.problems)
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.mode, self.shared = mode, shared
         self.impl = impl

@@ -1,31 +1,29 @@
 """One video ResNet trunk (paper Table 1) with a swappable temporal convolution per residual unit.
 
-    model = build_model("cost_b", depth=50, num_classes=400)
+    model = build_model("cost_b", depth=50, num_classes=400)  # or create_model(ModelSpec(...), 400)
     logits = model(clips)  # clips (N, 3, T, H, W) -> (N, num_classes)
 
 Architectures (paper section 3): ``c2d`` (every unit 1x1, 1x3x3, 1x1), ``c3d`` (marked units
 inflate the first 1x1 to 3x1x1), ``cost_a`` / ``cost_b`` (marked units replace the middle 3x3
 by the CoST operation). Which units are marked is a per-stage table of 0/1; the defaults are
 the published ones. Parameter and module names follow torchvision's 2D ResNet, so ImageNet
-weights map onto the trunk key by key (see ``pretrained.py``).
+weights map onto the trunk key by key (see ``pretrained.py``). ``create_model`` is the one builder:
+every setting is checked there (``spec.problems``), not in the modules it assembles.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import fields
 from typing import Literal
 
 import torch
 from torch import nn
 
 from train.models.cost import CoST
+from train.models.spec import STAGE_BLOCKS, TEMPORAL, UNITS, ModelSpec, problems
 
 Unit = Literal["2d", "c3d", "cost_a", "cost_b"]
-STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
-TEMPORAL = {
-    50: ((0, 1, 0), (1, 0, 1, 0), (1, 0, 1, 0, 1, 0), (1, 0, 1)),
-    101: ((0, 1, 0), (1, 0, 1, 0), (1, 0) * 11 + (1,), (0, 1, 0)),
-}
 
 
 class Bottleneck(nn.Module):
@@ -71,9 +69,7 @@ def temporal_pool2(kind: str) -> nn.Module:
         return nn.MaxPool3d((2, 1, 1), stride=(2, 1, 1))
     if kind == "3x1x1":
         return nn.MaxPool3d((3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0))
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"pool2 must be '2x1x1', '3x1x1' or 'none', got {kind!r}")
+    return nn.Identity()  # "none"
 
 
 class ZeroMeanConv3d(nn.Conv3d):
@@ -102,14 +98,6 @@ class VideoResNet(nn.Module):
                  cost_shared: bool = True, cost_impl: str = "auto", cost_a_init: str = "spatial",
                  frozen_bn: bool = False) -> None:
         super().__init__()
-        if len(blocks) != 4 or [len(s) for s in temporal] != list(blocks):
-            raise ValueError(f"temporal table {tuple(map(tuple, temporal))} does not match blocks "
-                             f"{tuple(blocks)}: one 0/1 per residual unit, per stage")
-        strides = (conv1_stride_t, pool1_stride_t, conv1_stride_s, pool1_stride_s)
-        if conv1_t < 1 or conv1_t % 2 == 0 or pool1_t not in (1, 2, 3) or set(strides) - {1, 2}:
-            raise ValueError(f"conv1_t must be odd, pool1_t 1, 2 or 3 and the stem's strides 1 or 2; got "
-                             f"conv1_t={conv1_t} pool1_t={pool1_t} strides (conv1 t, pool1 t, conv1 s, pool1 s) "
-                             f"{strides}")
         self.unit, self.temporal = unit, tuple(tuple(s) for s in temporal)
         conv = ZeroMeanConv3d if conv1_zero_mean else nn.Conv3d
         self.conv1 = conv(3, width, (conv1_t, 7, 7), stride=(conv1_stride_t, conv1_stride_s, conv1_stride_s),
@@ -193,46 +181,25 @@ class VideoResNet(nn.Module):
         return self
 
 
-def _trunk(unit: Unit, *, depth: int = 50, num_classes: int = 400, blocks: Sequence[int] | None = None,
-           temporal: Sequence[Sequence[int]] | None = None, **kwargs) -> VideoResNet:
-    """``blocks`` overrides ``depth`` (small CPU models); a custom ``blocks`` without a table marks
-    every unit temporal."""
-    if blocks is None:
-        if depth not in STAGE_BLOCKS:
-            raise ValueError(f"depth must be one of {sorted(STAGE_BLOCKS)} (or give blocks=...), got {depth}")
-        blocks = STAGE_BLOCKS[depth]
-        temporal = TEMPORAL[depth] if temporal is None else temporal
-    elif temporal is None:
-        temporal = tuple((1,) * n for n in blocks)
-    return VideoResNet(unit=unit, num_classes=num_classes, blocks=blocks, temporal=temporal, **kwargs)
+def create_model(spec: ModelSpec, num_classes: int) -> VideoResNet:
+    """The model ``spec`` describes, with ``num_classes`` outputs; a ValueError names the first
+    setting no model can be built with. Custom ``blocks`` without a ``temporal`` table mark every
+    unit temporal."""
+    wrong = problems(spec)
+    if wrong:
+        key, text = wrong[0]
+        raise ValueError(f"model setting '{key}'{text}")
+    blocks = spec.blocks or STAGE_BLOCKS[spec.depth]
+    temporal = spec.temporal or (TEMPORAL[spec.depth] if spec.blocks is None else tuple((1,) * n for n in blocks))
+    trunk = {f.name: getattr(spec, f.name) for f in fields(ModelSpec)
+             if f.name not in ("arch", "depth", "blocks", "temporal")}
+    return VideoResNet(unit=UNITS[spec.arch], num_classes=num_classes, blocks=blocks, temporal=temporal, **trunk)
 
 
-def c2d(**kwargs) -> VideoResNet:
-    return _trunk("2d", **kwargs)
-
-
-def c3d(**kwargs) -> VideoResNet:
-    return _trunk("c3d", **kwargs)
-
-
-def cost_a(**kwargs) -> VideoResNet:
-    return _trunk("cost_a", **kwargs)
-
-
-def cost_b(**kwargs) -> VideoResNet:
-    return _trunk("cost_b", **kwargs)
-
-
-ARCHS: dict[str, Callable[..., VideoResNet]] = {"c2d": c2d, "c3d": c3d, "cost_a": cost_a, "cost_b": cost_b}
-
-
-def build_model(arch: str, *, depth: int = 50, num_classes: int = 400, **kwargs) -> VideoResNet:
-    """``arch`` in ARCHS; keyword settings: blocks, temporal, width, conv1_t, conv1_stride_t, pool1_t,
-    pool1_stride_t, pool2, dropout, cost_shared, cost_a_init (spatial, equal), cost_impl
-    (train/models/cost.py: auto, views, stacked, fold, composed), frozen_bn."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    return ARCHS[arch](depth=depth, num_classes=num_classes, **kwargs)
+def build_model(arch: str, *, num_classes: int = 400, **settings) -> VideoResNet:
+    """``create_model`` by keywords, as timm's: ``build_model("cost_b", depth=101, num_classes=400)``;
+    ``settings`` are ModelSpec's fields."""
+    return create_model(ModelSpec(arch=arch, **settings), num_classes)
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:

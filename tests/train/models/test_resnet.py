@@ -95,7 +95,7 @@ def test_pool_settings():
         assert model.forward_features(torch.randn(1, 3, t_in, 32, 32)).shape[2] == t_out, pool2
     with pytest.raises(ValueError, match="pool2"):
         build_model("c2d", num_classes=2, pool2="4x1x1", **TINY)
-    with pytest.raises(ValueError, match="conv1_t must be odd"):
+    with pytest.raises(ValueError, match="'conv1_t' must be odd"):
         build_model("c2d", num_classes=2, conv1_t=4, **TINY)
 
 
@@ -106,7 +106,7 @@ def test_stem_spatial_strides_set_the_resolution_res2_sees(conv1_s, pool1_s, res
     model.layer1.register_forward_pre_hook(lambda module, args: seen.update(shape=args[0].shape[-2:]))
     assert model(torch.randn(1, 3, 8, 32, 32)).shape == (1, 2)
     assert tuple(seen["shape"]) == (res2_side, res2_side)
-    with pytest.raises(ValueError, match="strides"):
+    with pytest.raises(ValueError, match="'conv1_stride_s' must be 1 or 2"):
         build_model("c2d", num_classes=2, conv1_stride_s=4, **TINY)
 
 

@@ -6,24 +6,34 @@ from types import SimpleNamespace
 from typing import get_args, get_type_hints
 
 import pytest
+import yaml
 
 from train.augment import PROTOCOLS
-from train.config import ConfigError, from_dict, load_config
-from train.models import IMPLS
-from train.settings import (
+from train.checks import check_files, check_init, check_values
+from train.config import (
+    ConfigError,
     DataConfig,
     ModelConfig,
     TrainConfig,
     absolute_paths,
-    check_files,
-    check_init,
-    check_values,
+    from_dict,
     init_kind,
+    load_config,
     pretrained_path,
 )
+from train.models import IMPLS, create_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny_synthetic.yaml"
+
+
+def test_each_dataset_has_one_whole_config_and_the_others_are_deltas_on_it():
+    bases = {p.name: yaml.safe_load(p.read_text()).get("_base_") for p in CONFIGS if p != TINY}
+    assert {n for n, base in bases.items() if base is None} == {"kinetics400_r50_8f.yaml", "moments_r50_8f.yaml"}
+    for path in CONFIGS:  # a delta builds on its own dataset's configs, and is small
+        base = bases.get(path.name)
+        same_dataset = base is None or base.split("_")[0] == path.name.split("_")[0]
+        assert same_dataset and (base is None or len(path.read_text().splitlines()) < 30)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -57,11 +67,25 @@ def test_config_loads_and_checks(path):
                                       "optim.weight_decay=-1e-4", "optim.gamma=0", "optim.warmup_epochs=100",
                                       "optim.clip_grad=0", "model.dropout=1", "model.width=0", "model.blocks=[1, 1]",
                                       "model.blocks=[1, 0, 1, 1]", "data.std=[0.2, 0, 0.2]", "trainer.bucket_mb=0",
-                                      "data.stride=0"])
+                                      "data.stride=0", "model.temporal=[[1], [1]]"])
 def test_value_checks_name_the_key(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"'{key}'"):
         check_values(load_config(TrainConfig, None, ["data.store=s", override]))
+
+
+@pytest.mark.parametrize("overrides", [["model.cost_impl=composed"], ["model.conv1_t=4"], ["model.dropout=1"],
+                                       ["model.width=0"], ["model.blocks=[1, 1]"], ["model.temporal=[[1], [1]]"],
+                                       ["model.cost_shared=false", "model.arch=c2d"]])
+def test_the_config_and_the_model_builder_refuse_a_model_alike(overrides):
+    """One check of an architecture (train/models/spec.py): what the config refuses by key, the
+    builder refuses by the same words."""
+    cfg = load_config(TrainConfig, None, ["data.store=s", *overrides])
+    with pytest.raises(ConfigError) as refused:
+        check_values(cfg)
+    with pytest.raises(ValueError) as built:
+        create_model(cfg.model, 4)
+    assert str(refused.value).split("'", 2)[2] == str(built.value).split("'", 2)[2]
 
 
 def test_unshared_kernels_are_for_cost_models_only():
