@@ -1,6 +1,8 @@
 """The shipped configs load, pass the value checks and hold the paper's settings."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import get_args, get_type_hints
@@ -161,3 +163,12 @@ def test_a_range_of_workers_keeps_the_global_batch():
                               ("trainer.global_batch=60", r"'trainer.global_batch' \(60\) must be a whole number")]:
         with pytest.raises(ConfigError, match=refused):
             check_values(load_config(TrainConfig, TINY, [*paper, override]))
+
+
+def test_the_driver_checks_a_config_without_loading_torch():
+    """What refuses a bad config in under 2 s: the driver's imports and the model's check, torch not
+    among them (train/models loads its torch modules on first use)."""
+    code = ("import sys, train.main; from train.models import problems, ModelSpec; problems(ModelSpec()); "
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
