@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.models.spec import IMPLS
+from train.models.spec import IMPLS, cost_problems
 
 VIEWS = ("hw", "tw", "th")
 # Kernel-axis insertion point and padding for each view of a (C_out, C_in, 3, 3) kernel.
@@ -116,7 +116,10 @@ class CoST(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1,
                  mode: Literal["a", "b"] = "a", shared: bool = True,
                  impl: Impl = "auto", a_init: Literal["spatial", "equal"] = "spatial") -> None:
-        super().__init__()  # the settings are checked where models are built (spec.problems)
+        super().__init__()
+        wrong = cost_problems(mode, impl, a_init)  # the builder's check of the same settings
+        if wrong:
+            raise ValueError("CoST setting '{}'{}".format(*wrong[0]))
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.mode, self.shared = mode, shared
         self.impl = impl

@@ -5,7 +5,8 @@ a config with it before Ray or torch start.
     model = create_model(spec, num_classes=400)  # train/models/resnet.py; raises on any problem()
 
 ``problems(spec)`` lists every setting out of range as (field, text); training's config names them
-as ``model.<field>`` and refuses them before Ray starts, the builder raises on the first.
+as ``model.<field>`` and refuses them before Ray starts, the builder raises on the first, and a
+CoST layer made on its own checks its settings with ``cost_problems``, the same check.
 """
 
 from __future__ import annotations
@@ -85,14 +86,25 @@ def problems(s: ModelSpec) -> list[tuple[str, str]]:
         need(getattr(s, key) in (1, 2), key, "1 or 2")
     need(s.pool2 in POOL2, "pool2", "one of " + ", ".join(POOL2))
     need(0 <= s.dropout < 1, "dropout", "in [0, 1)")
-    need(s.cost_a_init in A_INITS, "cost_a_init", "one of " + ", ".join(A_INITS))
-    need(s.cost_impl in IMPLS, "cost_impl", "one of " + ", ".join(IMPLS))
     if not s.cost_shared and not s.arch.startswith("cost"):
         out.append(("cost_shared", f": false unshares CoST's view kernels; arch {s.arch!r} has no CoST layer "
                                    "(use cost_a or cost_b)"))
-    if s.cost_impl == "composed" and s.arch != "cost_a":
-        out.append(("cost_impl", f": 'composed' is for arch cost_a only, got arch {s.arch!r} (CoST(b) needs each "
-                                 "view's output for its coefficients); use auto, views, stacked or fold"))
+    return out + cost_problems({"cost_a": "a", "cost_b": "b"}.get(s.arch), s.cost_impl, s.cost_a_init)
+
+
+def cost_problems(mode: str | None, impl: str, a_init: str) -> list[tuple[str, str]]:
+    """The CoST settings no layer in ``mode`` ('a', 'b', or None in a model without CoST layers) can
+    be built with, by ModelSpec's keys: ``problems`` asks for a whole model, CoST for itself."""
+    out = []
+    if mode not in (None, "a", "b"):
+        out.append(("mode", f" must be 'a' or 'b', got {mode!r}"))
+    if a_init not in A_INITS:
+        out.append(("cost_a_init", f" must be one of {', '.join(A_INITS)}, got {a_init!r}"))
+    if impl not in IMPLS:
+        out.append(("cost_impl", f" must be one of {', '.join(IMPLS)}, got {impl!r}"))
+    elif impl == "composed" and mode != "a":
+        out.append(("cost_impl", ": 'composed' is for CoST(a) only (arch cost_a): CoST(b) needs each view's "
+                                 "output for its coefficients; use auto, views, stacked or fold"))
     return out
 
 

@@ -180,17 +180,24 @@ def test_cost_a_starts_spatial_as_the_authors_or_equal_from_scratch():
     model = build_model("cost_a", blocks=(1, 1, 1, 1), width=8, num_classes=2, cost_a_init="equal")
     layers = [m for m in model.modules() if isinstance(m, CoST)]
     assert layers and all(torch.allclose(shares(m), torch.tensor(1 / 3)) for m in layers)
-    with pytest.raises(ValueError, match="'cost_a_init' must be one of spatial, equal"):
+    with pytest.raises(ValueError, match="a_init"):
+        CoST(4, 4, a_init="uniform")
+    with pytest.raises(ValueError, match="'cost_a_init' must be one of spatial, equal"):  # the builder: the same check
         build_model("cost_a", blocks=(1, 1, 1, 1), width=8, num_classes=2, cost_a_init="uniform")
 
 
-def test_cost_b_rejects_composed_and_impls_are_checked():
+def test_cost_b_rejects_composed_and_modes_are_checked():
     assert formulations("a") == ("views", "stacked", "fold", "composed")
     assert formulations("b") == ("views", "stacked", "fold")
-    with pytest.raises(ValueError, match="'cost_impl': 'composed' is for arch cost_a only"):
-        build_model("cost_b", blocks=(1, 1, 1, 1), width=8, num_classes=2, cost_impl="composed")
+    with pytest.raises(ValueError, match="CoST\\(a\\) only"):
+        CoST(4, 4, mode="b", impl="composed")
+    with pytest.raises(ValueError, match="mode"):
+        CoST(4, 4, mode="c")
     with pytest.raises(ValueError, match="'cost_impl' must be one of"):
-        build_model("cost_a", blocks=(1, 1, 1, 1), width=8, num_classes=2, cost_impl="einsum")
+        CoST(4, 4, impl="einsum")
+    for arch in ("cost_b", "c3d"):  # the builder, by the same check
+        with pytest.raises(ValueError, match="'cost_impl': 'composed' is for CoST\\(a\\) only"):
+            build_model(arch, blocks=(1, 1, 1, 1), width=8, num_classes=2, cost_impl="composed")
 
 
 @pytest.mark.gpu
